@@ -1,0 +1,1 @@
+"""Segmentation architectures, the model registry and weight sources."""

