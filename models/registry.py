@@ -198,7 +198,7 @@ register(ModelConfig(
              "hash agreed by four Hugging Face mirrors"),),
     licence="Apache-2.0",
     licence_note="DIS IS-Net general-use weights by Xuebin Qin et al. (xuebinqin/DIS), Apache-2.0.",
-    description="DIS IS-Net general-use weights (rembg's ONNX release)",
+    description="DIS IS-Net general-use weights (xuebinqin/DIS)",
 ))
 
 register(ModelConfig(

@@ -1,0 +1,1 @@
+"""Parity, quality and latency measurements, and the reports built from them."""

@@ -1,0 +1,22 @@
+"""onnxruntime CPU latency: median of repeated runs after a warm-up, on a fixed thread count."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def cpu_latency_ms(path: Path, x: np.ndarray, runs: int = 5, warmup: int = 1, threads: int = 2) -> dict:
+    from export.torch_to_onnx import cpu_session
+
+    session = cpu_session(path, threads)
+    name = session.get_inputs()[0].name
+    for _ in range(warmup):
+        session.run(None, {name: x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": float(np.median(times)), "min_ms": float(min(times)), "runs": runs, "threads": threads}

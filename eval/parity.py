@@ -1,0 +1,54 @@
+"""Parity of an ONNX variant against the torch fp32 reference, and the gate that enforces it."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from models.registry import ParityThresholds
+
+
+def iou_at(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of the two masks binarised at ``threshold``; two empty masks agree perfectly."""
+    fa, fb = a > threshold, b > threshold
+    union = np.logical_or(fa, fb).sum()
+    return 1.0 if union == 0 else float(np.logical_and(fa, fb).sum() / union)
+
+
+def compare(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray], names: Sequence[str]) -> dict:
+    """Per-image and summary differences between alpha maps in [0, 1]."""
+    per_image = []
+    for name, out, ref in zip(names, outputs, references):
+        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
+        per_image.append({"image": name, "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+                          "iou": iou_at(out, ref)})
+    ious = [p["iou"] for p in per_image]
+    return {
+        "max_abs": max(p["max_abs"] for p in per_image),
+        "mean_abs": float(np.mean([p["mean_abs"] for p in per_image])),
+        "iou_mean": float(np.mean(ious)),
+        "iou_worst": float(min(ious)),
+        "worst_image": per_image[int(np.argmin(ious))]["image"],
+        "images": per_image,
+    }
+
+
+def gate_failures(variant: str, numbers: dict, limits: ParityThresholds) -> list[str]:
+    """Human-readable reasons a variant fails its thresholds (empty when it passes)."""
+    failures = []
+    for field in dataclasses.fields(limits):
+        bound = getattr(limits, field.name)
+        if bound is None:
+            continue
+        value = numbers[field.name]
+        is_upper = field.name in ("max_abs", "mean_abs")
+        if (value > bound) if is_upper else (value < bound):
+            failures.append(f"{variant}: {field.name} = {value:.6g} {'>' if is_upper else '<'} {bound:g}"
+                            + ("" if is_upper else f" (worst image: {numbers['worst_image']})"))
+    return failures
+
+
+class ParityGateError(RuntimeError):
+    """A variant is below its registry thresholds."""

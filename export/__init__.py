@@ -1,0 +1,1 @@
+"""torch → ONNX export, simplification, graph hygiene and the `make export` pipeline."""

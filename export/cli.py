@@ -1,0 +1,64 @@
+"""The `clearcut` command: list models, pull weights, export variants."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from models.registry import ALL_VARIANTS, DEFAULT_MODEL, REGISTRY, get_model_config
+
+
+def _images(folder: str | None) -> list[Path] | None:
+    if not folder:
+        return None
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not paths:
+        raise SystemExit(f"error: no .jpg/.png/.webp images in {folder}")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clearcut", description="ClearCut model toolchain")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list registered models")
+    p_pull = sub.add_parser("pull", help="download and verify a model's weights into the cache")
+    p_pull.add_argument("--model", default=DEFAULT_MODEL)
+    p_exp = sub.add_parser("export", help="export, quantize and parity-check a model into build/<model>/")
+    p_exp.add_argument("--model", default=DEFAULT_MODEL)
+    p_exp.add_argument("--variants", default="", help=f"comma-separated subset of {','.join(ALL_VARIANTS)}")
+    p_exp.add_argument("--weights", default="", help="a local weights file instead of the registry's source")
+    p_exp.add_argument("--size", type=int, default=0, help="square input size (default: the registry's)")
+    p_exp.add_argument("--out", default="build")
+    p_exp.add_argument("--parity-images", default="", help="folder of photos for the parity gate")
+    p_exp.add_argument("--calibration-images", default="", help="folder of photos for int8 calibration")
+    args = parser.parse_args(argv)
+
+    from models.weights import WeightsError
+    try:
+        if args.command == "list":
+            for name, cfg in REGISTRY.items():
+                mark = "*" if name == DEFAULT_MODEL else " "
+                print(f"{mark} {name:<18} {cfg.architecture:<7} {cfg.preprocessing.input_size[0]:>5}px  "
+                      f"{cfg.licence:<14} {cfg.description}")
+        elif args.command == "pull":
+            from models.weights import pull
+            print(pull(get_model_config(args.model)))
+        elif args.command == "export":
+            from export.pipeline import ExportOptions, run_export
+            run_export(ExportOptions(
+                model=args.model,
+                variants=[v for v in args.variants.split(",") if v] or None,
+                weights=Path(args.weights) if args.weights else None,
+                input_size=(args.size, args.size) if args.size else None,
+                out_dir=Path(args.out),
+                parity_images=_images(args.parity_images),
+                calibration_images=_images(args.calibration_images),
+            ))
+    except (WeightsError, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

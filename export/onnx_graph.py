@@ -1,0 +1,84 @@
+"""Graph hygiene for browser backends, metadata, deterministic saving."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+from onnx import helper, shape_inference
+
+from models.weights import atomic_write_bytes
+
+METADATA_KEY = "clearcut"
+
+
+def explicit_conv_attributes(model: onnx.ModelProto) -> int:
+    """Write kernel_shape, strides, pads, dilations and group on every Conv (onnxruntime-web's WebGPU
+    backend fails on defaults). Returns the number of attributes added."""
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    added = 0
+    for node in model.graph.node:
+        if node.op_type != "Conv":
+            continue
+        present = {a.name for a in node.attribute}
+        dims = weights.get(node.input[1])
+        spatial = len(dims) - 2 if dims else 2
+        defaults = {"strides": [1] * spatial, "pads": [0] * (2 * spatial), "dilations": [1] * spatial, "group": 1}
+        if dims:
+            defaults["kernel_shape"] = dims[2:]
+        for name, value in defaults.items():
+            if name not in present:
+                node.attribute.append(helper.make_attribute(name, value))
+                added += 1
+        if "kernel_shape" not in {a.name for a in node.attribute}:
+            raise ValueError(f"Conv {node.name}: weight {node.input[1]} is not an initializer; kernel_shape unknown")
+    return added
+
+
+def drop_redundant_ceil_mode(model: onnx.ModelProto) -> int:
+    """Set ceil_mode=0 on MaxPools whose input sizes divide evenly (the result is identical), because some
+    onnxruntime-web WebGPU builds reject ceil_mode=1. Needs static shapes; returns pools changed."""
+    inferred = shape_inference.infer_shapes(model)
+    shapes = {}
+    for value in list(inferred.graph.value_info) + list(inferred.graph.input):
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type != "MaxPool":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not attrs.get("ceil_mode"):
+            continue
+        kernel, strides = attrs.get("kernel_shape"), attrs.get("strides", [1] * len(attrs.get("kernel_shape", [])))
+        spatial = (shapes.get(node.input[0]) or [None])[2:]
+        if (not spatial or None in spatial or any(attrs.get("pads", [0]))
+                or list(kernel) != list(strides) or any(s % k for s, k in zip(spatial, kernel))):
+            continue
+        for attr in node.attribute:
+            if attr.name == "ceil_mode":
+                attr.i = 0
+        changed += 1
+    return changed
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict) -> None:
+    """Store the registry's description (preprocessing, output, licence) in ``metadata_props``."""
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(metadata, sort_keys=True)))
+
+
+def get_metadata(path_or_model: Path | onnx.ModelProto) -> dict:
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return json.loads(prop.value)
+    raise KeyError(f"no {METADATA_KEY!r} metadata in the model")
+
+
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """One self-contained file, written atomically. Fails above protobuf's 2 GB limit rather than
+    silently writing external data."""
+    atomic_write_bytes(Path(path), model.SerializeToString(deterministic=True))

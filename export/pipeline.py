@@ -1,0 +1,233 @@
+"""`make export`: pull → import + reference check → export → variants → parity gate → manifest.
+
+Every stage is a function from files to files recorded in ``build/<model>/manifest.json``.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from eval.images import load_rgb, preprocess, sample_photos
+from eval.latency import cpu_latency_ms
+from eval.parity import ParityGateError, compare, gate_failures
+from export.manifest import BuildManifest, describe_file, gzip_size, tool_versions
+from export.torch_to_onnx import INPUT_NAME, cpu_session, export_onnx, reference_alpha
+from models.checkpoint import load_into, load_model
+from models.registry import ALL_VARIANTS, ModelConfig, Preprocessing, get_model_config
+from models.weights import atomic_write_bytes, pull, sha256_file
+
+# An imported model must reproduce its source graph this closely on real photos.
+IMPORT_MAX_ABS = 2e-3
+IMPORT_MIN_IOU = 0.9999
+
+
+@dataclass
+class ExportOptions:
+    model: str
+    variants: Sequence[str] | None = None  # None: the registry's default variants
+    weights: Path | None = None  # a local file instead of the registry's source
+    input_size: tuple[int, int] | None = None  # None: the registry's size
+    out_dir: Path = Path("build")
+    parity_images: Sequence[Path] | None = None  # None: the bundled sample photos
+    calibration_images: Sequence[Path] | None = None  # None: the parity images
+    latency_runs: int = 3
+    log: Callable[[str], None] = field(default=print)
+
+
+def _preprocessing(config: ModelConfig, size: tuple[int, int] | None) -> Preprocessing:
+    if size is None:
+        return config.preprocessing
+    from dataclasses import replace
+    return replace(config.preprocessing, input_size=tuple(size))
+
+
+def _inputs(images: Sequence[Path], pre: Preprocessing) -> list[np.ndarray]:
+    return [preprocess(load_rgb(p), pre) for p in images]
+
+
+def _save_state(model: torch.nn.Module, path: Path) -> None:
+    atomic_write_bytes(path, _state_bytes(model))
+
+
+def _state_bytes(model: torch.nn.Module) -> bytes:
+    from safetensors.torch import save
+    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+
+
+def check_import(config: ModelConfig, model: torch.nn.Module, source_onnx: Path, images: Sequence[Path],
+                 pre: Preprocessing) -> dict:
+    """The imported torch model against the graph it came from, on real photos."""
+    session = cpu_session(source_onnx)
+    name = session.get_inputs()[0].name
+    outputs, references = [], []
+    for x in _inputs(images, pre):
+        references.append(session.run(None, {name: x})[0])
+        outputs.append(reference_alpha(model, config, x))
+    numbers = compare(outputs, references, [p.name for p in images])
+    if numbers["max_abs"] > IMPORT_MAX_ABS or numbers["iou_worst"] < IMPORT_MIN_IOU:
+        raise ParityGateError(
+            f"imported {config.name} does not reproduce {source_onnx.name}: max abs {numbers['max_abs']:.3g} "
+            f"(limit {IMPORT_MAX_ABS}), worst IoU {numbers['iou_worst']:.5f} (limit {IMPORT_MIN_IOU})")
+    return numbers
+
+
+def make_variant(variant: str, fp32: Path, target: Path, calibration: Sequence[Path], pre: Preprocessing) -> None:
+    if variant == "fp16":
+        from quantize.fp16 import to_fp16
+        to_fp16(fp32, target)
+    elif variant == "int8w":
+        from quantize.weight_only import to_int8_weights
+        to_int8_weights(fp32, target)
+    elif variant == "int8":
+        from quantize.static_int8 import to_int8_static
+        to_int8_static(fp32, target, calibration, lambda p: preprocess(load_rgb(p), pre), INPUT_NAME)
+    elif variant == "quint8":
+        from quantize.static_int8 import to_quint8_dynamic
+        to_quint8_dynamic(fp32, target)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(ALL_VARIANTS)}")
+
+
+def run_export(opts: ExportOptions) -> dict:
+    config = get_model_config(opts.model)
+    variants = list(opts.variants or config.default_variants)
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(ALL_VARIANTS)}")
+    if "fp32" not in variants:
+        variants.insert(0, "fp32")  # every other variant is derived from it
+    pre = _preprocessing(config, opts.input_size)
+    build = Path(opts.out_dir) / config.name
+    build.mkdir(parents=True, exist_ok=True)
+    manifest = BuildManifest(build / "manifest.json")
+    log = opts.log
+    log(f"{config.name}: licence {config.licence} — {config.licence_note}")
+
+    images = list(opts.parity_images or sample_photos())
+    calibration = list(opts.calibration_images or images)
+    image_params = {"parity_images": {p.name: sha256_file(p) for p in images}}
+
+    # 1. weights
+    source = config.sources[0]
+    if opts.weights:
+        weights, weight_format = Path(opts.weights), None
+        if not weights.exists():
+            raise FileNotFoundError(f"weights file {weights} does not exist")
+        source_record = {"file": str(weights), "sha256": sha256_file(weights), "origin": "user-supplied"}
+    else:
+        weights, weight_format = pull(config), source.format
+        source_record = {"file": weights.name, "sha256": sha256_file(weights), "url": source.url,
+                         "container_sha256": source.sha256, "member": source.member, "format": source.format}
+
+    # 2. import into our torch model; for graph sources, prove the import reproduces the source
+    reference = build / "reference.safetensors"
+
+    def do_import():
+        model = load_model(config, weights, weight_format)
+        result = {}
+        if weights.suffix == ".onnx":
+            result["import_check"] = check_import(config, model, weights, images, pre)
+            log(f"  import check vs {weights.name}: max abs {result['import_check']['max_abs']:.2e}, "
+                f"worst IoU {result['import_check']['iou_worst']:.5f}")
+        _save_state(model, reference)
+        return result
+
+    manifest.stage("import", {"weights": weights}, {"model": config.name, **image_params}, {"reference": reference},
+                   do_import, log)
+
+    def reference_model() -> torch.nn.Module:
+        return load_into(config.build(), load_file(str(reference)), str(reference))
+
+    # 3. torch fp32 reference outputs on the parity photos
+    ref_outputs = build / "reference_outputs.npz"
+
+    def do_reference():
+        model = reference_model()
+        arrays = {p.name: reference_alpha(model, config, x) for p, x in zip(images, _inputs(images, pre))}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        atomic_write_bytes(ref_outputs, buffer.getvalue())
+
+    manifest.stage("reference_outputs", {"reference": reference},
+                   {"preprocessing": pre.to_dict(), "output": config.output.to_dict(), **image_params},
+                   {"reference_outputs": ref_outputs}, do_reference, log)
+
+    # 4. export fp32
+    files = {v: build / f"{config.name}.{v}.onnx" for v in variants}
+    manifest.stage("export", {"reference": reference}, {"input_size": list(pre.input_size)}, {"fp32": files["fp32"]},
+                   lambda: export_onnx(reference_model(), config, files["fp32"], pre.input_size) and None, log)
+
+    # 5. variants
+    for variant in variants:
+        if variant == "fp32":
+            continue
+        calib_params = {"calibration": {p.name: sha256_file(p) for p in calibration}} if variant == "int8" else {}
+        manifest.stage(f"variant:{variant}", {"fp32": files["fp32"]}, calib_params, {variant: files[variant]},
+                       lambda v=variant: make_variant(v, files["fp32"], files[v], calibration, pre), log)
+
+    # 6. parity + latency of each variant against the torch reference
+    refs = np.load(ref_outputs)
+    inputs = _inputs(images, pre)
+    parity: dict[str, dict] = {}
+    failures: list[str] = []
+    for variant in variants:
+        def do_parity(v=variant):
+            session = cpu_session(files[v])
+            outs = [session.run(None, {INPUT_NAME: x})[0] for x in inputs]
+            numbers = compare(outs, [refs[p.name] for p in images], [p.name for p in images])
+            numbers["latency"] = cpu_latency_ms(files[v], inputs[0], runs=opts.latency_runs)
+            return numbers
+
+        record = manifest.stage(f"parity:{variant}", {"variant": files[variant], "reference_outputs": ref_outputs},
+                                {"runs": opts.latency_runs}, {}, do_parity, log)
+        numbers = record["result"]
+        limits = config.thresholds.get(variant)
+        numbers["thresholds"] = {k: v for k, v in (limits.__dict__ if limits else {}).items() if v is not None}
+        numbers["failures"] = gate_failures(variant, numbers, limits) if limits else []
+        numbers["passed"] = not numbers["failures"]
+        failures += numbers["failures"]
+        parity[variant] = numbers
+
+    atomic_write_bytes(build / "parity.json", (json.dumps(parity, indent=2) + "\n").encode())
+    summary_variants = {}
+    for variant in variants:
+        info = describe_file(files[variant])
+        info["gzip_bytes"] = gzip_size(files[variant])
+        p = parity[variant]
+        info["parity"] = {k: p[k] for k in ("max_abs", "mean_abs", "iou_mean", "iou_worst", "worst_image", "passed")}
+        info["cpu_latency_ms"] = p["latency"]["median_ms"]
+        summary_variants[variant] = info
+    manifest.data.update({
+        "model": {"name": config.name, "architecture": config.architecture, "description": config.description,
+                  "licence": config.licence, "licence_note": config.licence_note},
+        "source": source_record,
+        "preprocessing": pre.to_dict(),
+        "output": {**config.output.to_dict(), "input_name": INPUT_NAME, "output_name": "alpha"},
+        "variants": summary_variants,
+        "parity_images": [p.name for p in images],
+        "tools": tool_versions(),
+        "gate": {"passed": not failures, "failures": failures},
+    })
+    manifest.save()
+    log(format_table(manifest.data))
+    if failures:
+        raise ParityGateError("parity gate failed:\n  " + "\n  ".join(failures))
+    return manifest.data
+
+
+def format_table(data: dict) -> str:
+    rows = [f"{'variant':<8} {'MB':>8} {'gzip MB':>8} {'max abs':>9} {'IoU mean':>9} {'IoU worst':>9} "
+            f"{'CPU ms':>8}  gate"]
+    for name, v in data["variants"].items():
+        p = v["parity"]
+        rows.append(f"{name:<8} {v['bytes'] / 1e6:>8.2f} {v['gzip_bytes'] / 1e6:>8.2f} {p['max_abs']:>9.2e} "
+                    f"{p['iou_mean']:>9.5f} {p['iou_worst']:>9.5f} {v['cpu_latency_ms']:>8.0f}  "
+                    f"{'pass' if p['passed'] else 'FAIL'}")
+    return "\n".join(rows)
