@@ -1,0 +1,282 @@
+"""Build the static, CDN-ready browser bundle `dist/` from a pipeline build folder `build/<model>/`.
+
+    python -m web_runtime.build_bundle --build build/isnet-imgly --out dist [--variants fp32,int8w]
+
+The bundle's `manifest.json` copies preprocessing and output description from the build manifest (the single
+source of truth): the JS runtime holds no model constants. Model variants are split into chunks named by their
+sha256; the runtime verifies each chunk before use. The output folder is replaced atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SRC = HERE / "src"
+DEMO = HERE / "demo"
+ORT_PACKAGE = HERE / "node_modules" / "onnxruntime-web"
+
+MIB = 1024 * 1024
+DEFAULT_CHUNK_BYTES = 20 * MIB  # CDN-friendly: below common per-object limits (e.g. 25 MiB)
+
+# onnxruntime-web entry module and the wasm build it loads, per backend. Only these go into dist/.
+ORT_FILES = {
+    "wasm": ["ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"],
+    "webgpu": ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"],
+}
+ORT_ENTRY = {"wasm": "ort.wasm.min.mjs", "webgpu": "ort.webgpu.min.mjs"}
+RUNTIME_FILES = ["clearcut.js", "worker.js", "imaging.js", "clearcut.d.ts"]
+DEMO_FILES = ["index.html", "demo.js", "demo.css"]
+
+# Content-Security-Policy of the demo page. 'wasm-unsafe-eval' lets onnxruntime compile its wasm; workers and
+# everything else come from our own origin only, and nothing can be sent anywhere else.
+CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'self'; connect-src 'self'; "
+       "img-src 'self' blob: data:; style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "
+       "frame-ancestors 'none'")
+
+CACHE_IMMUTABLE = "public, max-age=31536000, immutable"
+CACHE_SHORT = "no-cache"  # always revalidated (ETag): the manifest and unhashed names must never go stale
+
+CROSS_ORIGIN_ISOLATION = {
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "X-Content-Type-Options": "nosniff",
+}
+
+MIME_TYPES = {
+    "text/html": ["html"], "text/css": ["css"], "application/javascript": ["js", "mjs"],
+    "application/json": ["json"], "application/wasm": ["wasm"], "text/plain": ["ts", "txt"],
+    "image/png": ["png"], "image/jpeg": ["jpg", "jpeg"], "image/webp": ["webp"], "image/gif": ["gif"],
+    "image/svg+xml": ["svg"],
+}
+
+
+class BundleError(RuntimeError):
+    """The build folder or the npm packages cannot make a bundle."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(MIB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sri(data: bytes) -> str:
+    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
+
+
+def ort_version() -> str:
+    pkg = ORT_PACKAGE / "package.json"
+    if not pkg.exists():
+        raise BundleError(f"{ORT_PACKAGE} missing: run `make setup-web` (npm ci --prefix web_runtime)")
+    return json.loads(pkg.read_text())["version"]
+
+
+def runtime_version() -> str:
+    return json.loads((HERE / "package.json").read_text())["version"]
+
+
+def split_variant(onnx_path: Path, chunks_dir: Path, chunk_bytes: int) -> list[dict]:
+    """Write `onnx_path` as chunks named `<sha256>.bin`; return the chunk list in order."""
+    chunks = []
+    with onnx_path.open("rb") as f:
+        while block := f.read(chunk_bytes):
+            digest = hashlib.sha256(block).hexdigest()
+            name = f"{digest}.bin"
+            target = chunks_dir / name
+            if not target.exists():
+                target.write_bytes(block)
+            chunks.append({"path": f"chunks/{name}", "sha256": digest, "bytes": len(block), "integrity": sri(block)})
+    return chunks
+
+
+def headers_file(ort_dir: str) -> str:
+    """Netlify/Cloudflare Pages `_headers`. Matching rules merge, so each path gets exactly one Cache-Control."""
+    iso = "".join(f"  {k}: {v}\n" for k, v in CROSS_ORIGIN_ISOLATION.items())
+    short = ["/", "/index.html", "/manifest.json", "/*.js", "/*.css", "/*.d.ts"]
+    return (
+        f"/*\n{iso}"
+        + "".join(f"{path}\n  Cache-Control: {CACHE_SHORT}\n" for path in short)
+        + f"/\n  Content-Security-Policy: {CSP}\n"
+        f"/index.html\n  Content-Security-Policy: {CSP}\n"
+        f"/chunks/*\n  Cache-Control: {CACHE_IMMUTABLE}\n  Content-Type: application/octet-stream\n"
+        f"/{ort_dir}/*\n  Cache-Control: {CACHE_IMMUTABLE}\n"
+        f"/*.wasm\n  Content-Type: application/wasm\n"
+    )
+
+
+def _add_headers(cache: str, extra: dict[str, str] | None = None, indent: str = "    ") -> str:
+    # nginx drops inherited add_header lines as soon as a location has its own: repeat all of them.
+    lines = {**CROSS_ORIGIN_ISOLATION, "Cache-Control": cache, **(extra or {})}
+    return "".join(f'{indent}add_header {k} "{v}" always;\n' for k, v in lines.items())
+
+
+def nginx_locations(ort_dir: str) -> str:
+    """The `location` blocks a CDN origin or `make serve` needs (include inside a `server {}`)."""
+    return (
+        "# ClearCut bundle: cross-origin isolation (wasm threads), immutable hashed files, CSP on the page.\n"
+        "location ~ ^/(chunks|" + ort_dir.replace(".", r"\.") + r")/ {" + "\n"
+        + _add_headers(CACHE_IMMUTABLE) + "}\n"
+        + "location = / {\n" + _add_headers(CACHE_SHORT, {"Content-Security-Policy": CSP}) + "}\n"
+        + "location = /index.html {\n" + _add_headers(CACHE_SHORT, {"Content-Security-Policy": CSP}) + "}\n"
+        + "location / {\n" + _add_headers(CACHE_SHORT) + "}\n"
+    )
+
+
+def nginx_types() -> str:
+    body = "".join(f"    {mime} {' '.join(exts)};\n" for mime, exts in MIME_TYPES.items())
+    return "types {\n" + body + "}\ndefault_type application/octet-stream;\n"
+
+
+def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = None,
+                 backends: tuple[str, ...] = ("wasm", "webgpu"), chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
+    """Write the bundle for `build_dir` into `out_dir` (atomically replaced); return its manifest."""
+    build_dir = Path(build_dir)
+    manifest_path = build_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise BundleError(f"{manifest_path} missing: run `clearcut export` (make export) first")
+    build = json.loads(manifest_path.read_text())
+    available = build.get("variants", {})
+    chosen = variants or list(available)
+    unknown = [v for v in chosen if v not in available]
+    if unknown:
+        raise BundleError(f"{manifest_path}: no variant(s) {unknown}; the build has {sorted(available)}")
+    if not 0 < chunk_bytes <= DEFAULT_CHUNK_BYTES:
+        raise BundleError(f"chunk size must be in (0, {DEFAULT_CHUNK_BYTES}] bytes, got {chunk_bytes}")
+    ort_ver = ort_version()
+    ort_dir = f"ort-{ort_ver}"
+
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        files: dict[str, dict] = {}
+
+        def record(rel: str) -> None:
+            data = (tmp / rel).read_bytes()
+            files[rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "integrity": sri(data)}
+
+        (tmp / "chunks").mkdir()
+        out_variants = {}
+        for name in chosen:
+            entry = available[name]
+            onnx_path = build_dir / entry["path"]
+            if not onnx_path.exists():
+                raise BundleError(f"{onnx_path} missing (listed in {manifest_path}); re-run the export")
+            actual = sha256_file(onnx_path)
+            if actual != entry["sha256"]:
+                raise BundleError(f"{onnx_path}: sha256 {actual} differs from the build manifest's {entry['sha256']}")
+            out_variants[name] = {
+                "bytes": entry["bytes"], "sha256": entry["sha256"], "gzip_bytes": entry.get("gzip_bytes"),
+                "parity": entry.get("parity"), "cpu_latency_ms": entry.get("cpu_latency_ms"),
+                "backends": list(backends),
+                "chunks": split_variant(onnx_path, tmp / "chunks", chunk_bytes),
+            }
+
+        (tmp / ort_dir).mkdir()
+        ort_files = sorted({f for b in backends for f in ORT_FILES[b]})
+        for f in ort_files:
+            shutil.copyfile(ORT_PACKAGE / "dist" / f, tmp / ort_dir / f)
+            record(f"{ort_dir}/{f}")
+        for f in RUNTIME_FILES:
+            shutil.copyfile(SRC / f, tmp / f)
+            record(f)
+        for f in DEMO_FILES:
+            shutil.copyfile(DEMO / f, tmp / f)
+        (tmp / "_headers").write_text(headers_file(ort_dir))
+        (tmp / "nginx.conf.snippet").write_text(nginx_types() + nginx_locations(ort_dir))
+
+        manifest = {
+            "schema": "clearcut.bundle/1",
+            "model": build["model"],
+            "preprocessing": build["preprocessing"],
+            "output": build["output"],
+            "variants": out_variants,
+            "default_variant": _default_variant(out_variants),
+            "runtime": {
+                "module": "clearcut.js", "worker": "worker.js",
+                "ort": {b: f"{ort_dir}/{ORT_ENTRY[b]}" for b in backends},
+                "ort_dir": ort_dir,
+            },
+            "files": files,
+            "versions": {"clearcut-runtime": runtime_version(), "onnxruntime-web": ort_ver,
+                         "build_tools": build.get("tools", {})},
+            "source": build.get("source", {}),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        _stamp_demo(tmp, files)
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        tmp.chmod(0o755)
+
+        # Atomic swap: readers see the old bundle or the new one, never a half-written folder.
+        old = None
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _default_variant(variants: dict) -> str:
+    for preferred in ("int8w", "fp16", "fp32"):
+        if preferred in variants:
+            return preferred
+    return next(iter(variants))
+
+
+def _stamp_demo(root: Path, files: dict) -> None:
+    """Put the CSP and SRI hashes into the demo page (module scripts loaded from the page carry `integrity`)."""
+    html = (root / "index.html").read_text()
+    html = html.replace("{{CSP}}", CSP.replace("; frame-ancestors 'none'", ""))  # not allowed in <meta>
+    for name in ("clearcut.js", "demo.js", "demo.css", "imaging.js"):
+        digest = files.get(name, {}).get("integrity")
+        if digest is None and (root / name).exists():
+            digest = sri((root / name).read_bytes())
+        html = html.replace("{{SRI:" + name + "}}", digest or "")
+    (root / "index.html").write_text(html)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="web_runtime.build_bundle", description=__doc__.split("\n")[0])
+    parser.add_argument("--build", required=True, help="pipeline output folder, e.g. build/isnet-imgly")
+    parser.add_argument("--out", default="dist")
+    parser.add_argument("--variants", default="", help="comma-separated subset (default: all in the build)")
+    parser.add_argument("--backends", default="wasm,webgpu", help="onnxruntime-web backends to ship")
+    parser.add_argument("--chunk-mib", type=float, default=DEFAULT_CHUNK_BYTES / MIB)
+    args = parser.parse_args(argv)
+    backends = tuple(b for b in args.backends.split(",") if b)
+    bad = [b for b in backends if b not in ORT_FILES]
+    if bad or not backends:
+        print(f"error: unknown backend(s) {bad}; choose from {sorted(ORT_FILES)}", file=sys.stderr)
+        return 2
+    try:
+        manifest = build_bundle(Path(args.build), Path(args.out), [v for v in args.variants.split(",") if v] or None,
+                                backends, int(args.chunk_mib * MIB))
+    except BundleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"{args.out}: {manifest['model']['name']}, runtime+ort {total / MIB:.1f} MiB")
+    for name, v in manifest["variants"].items():
+        print(f"  {name:<6} {v['bytes'] / MIB:8.1f} MiB in {len(v['chunks'])} chunk(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,81 @@
+// Types of the ClearCut browser runtime (src/clearcut.js).
+
+export type Backend = 'wasm' | 'webgpu' | 'auto';
+export type Output = 'cutout' | 'mask' | 'color';
+export type Format = 'png' | 'webp' | 'jpeg' | 'raw';
+export type ErrorCode =
+  | 'empty' | 'unsupported-format' | 'decode' | 'too-large' | 'integrity' | 'network' | 'missing'
+  | 'aborted' | 'backend' | 'variant' | 'manifest' | 'options' | 'state' | 'worker' | 'internal';
+
+export interface Progress {
+  type: 'progress';
+  /** `download`: model bytes (from the network or the Cache API); `session`: compiling the model. */
+  phase: 'download' | 'session';
+  loaded: number;
+  total: number;
+  fromCache?: boolean;
+}
+
+export interface CutterOptions {
+  /** URL of the bundle's manifest.json (default: `manifest.json` next to the page). */
+  manifestUrl?: string;
+  /** Variant name from the manifest (default: the manifest's `default_variant`). */
+  variant?: string;
+  /** `wasm` (default), `webgpu`, or `auto` (WebGPU on a hardware adapter, else WASM, with the reason in `info`). */
+  backend?: Backend;
+  /** Images above this many pixels are refused with a `too-large` error (default 40 000 000). */
+  maxPixels?: number;
+  /** WASM threads when cross-origin isolated (default: hardware concurrency, at most 4). */
+  numThreads?: number;
+  onProgress?: (progress: Progress) => void;
+  /** Aborts the model download. */
+  signal?: AbortSignal;
+  /** Worker script URL (default: `worker.js` next to this module). */
+  workerUrl?: string | URL;
+}
+
+export interface CutOptions {
+  /** `cutout` (transparent background, default), `mask` (grey alpha), `color` (on a solid colour). */
+  output?: Output;
+  /** Background colour `#rrggbb` for `color` output and for `jpeg` cutouts (default `#ffffff`). */
+  color?: string;
+  /** `png` (default), `webp`, `jpeg`, or `raw` for an ImageData. */
+  format?: Format;
+  /** Encoder quality for webp/jpeg (0..1, default 0.92). */
+  quality?: number;
+  /** Image-guided filtering of the mask edges at full resolution (default false). */
+  refine?: boolean;
+  signal?: AbortSignal;
+  /** Filled with the model inference time of this cut. */
+  timing?: { inferenceMs?: number };
+}
+
+export interface CutterInfo {
+  variant: string;
+  backend: 'wasm' | 'webgpu';
+  /** Why `auto` did not use WebGPU, or why WebGPU fell back to WASM. */
+  fallbackReason: string | null;
+  threads: number | null;
+  crossOriginIsolated: boolean;
+  model: { name: string; licence: string; licence_note: string; description: string };
+  inputSize: [number, number];
+}
+
+export type CutInput = Blob | File | ImageBitmap | ImageData | HTMLImageElement | HTMLCanvasElement
+  | OffscreenCanvas | ArrayBuffer | ArrayBufferView | string | URL;
+
+export interface Cutter {
+  readonly info: CutterInfo;
+  cut(input: CutInput, options?: CutOptions & { format: 'raw' }): Promise<ImageData>;
+  cut(input: CutInput, options?: CutOptions): Promise<Blob>;
+  /** Bytes of the worker's wasm memory (onnxruntime heap). */
+  memory(): Promise<number>;
+  dispose(): void;
+}
+
+export class ClearCutError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string);
+}
+
+export function createCutter(options?: CutterOptions): Promise<Cutter>;

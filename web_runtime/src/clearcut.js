@@ -1,0 +1,116 @@
+// ClearCut: background removal entirely in the browser. Main-thread API; all work runs in a module worker.
+import { ClearCutError } from './imaging.js';
+
+export { ClearCutError };
+
+const DEFAULT_MAX_PIXELS = 40_000_000; // ~8000×5000: the RGBA copy, float mask and output stay < 1 GB
+
+/**
+ * Load a model variant and return a cutter.
+ * @param {import('./clearcut').CutterOptions} [options]
+ * @returns {Promise<import('./clearcut').Cutter>}
+ */
+export async function createCutter(options = {}) {
+  const manifestUrl = new URL(options.manifestUrl || 'manifest.json', document.baseURI).href;
+  const workerUrl = options.workerUrl || new URL('./worker.js', import.meta.url);
+  const worker = new Worker(workerUrl, { type: 'module', name: 'clearcut' });
+  const pending = new Map();
+  let nextId = 1;
+  let disposed = false;
+
+  worker.onmessage = (event) => {
+    const msg = event.data;
+    if (msg.type === 'progress') { options.onProgress?.(msg); return; }
+    const job = pending.get(msg.id);
+    if (!job) return; // a cancelled job's late answer
+    pending.delete(msg.id);
+    if (msg.error) job.reject(new ClearCutError(msg.error.code, msg.error.message));
+    else job.resolve(msg.result);
+  };
+  worker.onerror = (event) => {
+    const err = new ClearCutError('worker', `The ClearCut worker failed: ${event.message || 'script error'}`);
+    for (const job of pending.values()) job.reject(err);
+    pending.clear();
+  };
+
+  function call(type, payload = {}, transfer = [], signal = undefined, id = nextId++) {
+    if (disposed) return Promise.reject(new ClearCutError('state', 'This cutter was disposed.'));
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) { reject(abortError(signal)); return; }
+      const onAbort = () => {
+        if (!pending.has(id)) return;
+        pending.delete(id);
+        worker.postMessage({ type: 'cancel', id });
+        reject(abortError(signal));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const done = (fn) => (value) => { signal?.removeEventListener('abort', onAbort); fn(value); };
+      pending.set(id, { resolve: done(resolve), reject: done(reject) });
+      worker.postMessage({ type, id, ...payload }, transfer);
+    });
+  }
+
+  let info;
+  try {
+    info = await call('init', {
+      manifestUrl, variant: options.variant, backend: options.backend || 'wasm',
+      maxPixels: options.maxPixels || DEFAULT_MAX_PIXELS, numThreads: options.numThreads,
+    }, [], options.signal, 'init');
+  } catch (err) {
+    worker.terminate();
+    throw err;
+  }
+
+  return {
+    info,
+    async cut(input, cutOptions = {}) {
+      const { signal, ...rest } = cutOptions;
+      const { source, transfer } = await toTransferable(input, signal);
+      const result = await call('cut', { source, options: rest }, transfer, signal);
+      if (cutOptions.timing) cutOptions.timing.inferenceMs = result.timing.inferenceMs;
+      return result.image || result.blob;
+    },
+    memory() { return call('memory'); },
+    dispose() {
+      if (disposed) return;
+      disposed = true;
+      worker.terminate();
+      for (const job of pending.values()) job.reject(new ClearCutError('state', 'This cutter was disposed.'));
+      pending.clear();
+    },
+  };
+}
+
+function abortError(signal) {
+  const reason = signal?.reason;
+  return reason instanceof Error ? reason : new ClearCutError('aborted', 'The operation was aborted.');
+}
+
+/** Turn any supported input into something the worker can take without copying pixels twice. */
+async function toTransferable(input, signal) {
+  if (input instanceof Blob) return { source: input, transfer: [] };
+  if (input instanceof ArrayBuffer || ArrayBuffer.isView(input)) return { source: new Blob([input]), transfer: [] };
+  if (typeof ImageData !== 'undefined' && input instanceof ImageData) return { source: input, transfer: [] };
+  if (typeof input === 'string' || input instanceof URL) {
+    const url = new URL(input, document.baseURI);
+    if (url.origin !== location.origin && url.protocol !== 'blob:' && url.protocol !== 'data:') {
+      throw new ClearCutError('options', `Only same-origin image URLs are accepted (got ${url.origin}): fetch the image yourself and pass a Blob.`);
+    }
+    const res = await fetch(url, { signal });
+    if (!res.ok) throw new ClearCutError('network', `HTTP ${res.status} for the image ${url.href}.`);
+    return { source: await res.blob(), transfer: [] };
+  }
+  if (typeof HTMLImageElement !== 'undefined' && input instanceof HTMLImageElement) {
+    try { await input.decode(); } catch (err) {
+      throw new ClearCutError('decode', `The <img> (${input.currentSrc || input.src}) could not be decoded.`);
+    }
+  }
+  const drawable = ['ImageBitmap', 'HTMLImageElement', 'HTMLCanvasElement', 'OffscreenCanvas', 'HTMLVideoElement', 'VideoFrame', 'SVGImageElement']
+    .some((name) => typeof globalThis[name] !== 'undefined' && input instanceof globalThis[name]);
+  if (!drawable) {
+    throw new ClearCutError('options', 'Unsupported input: pass a File/Blob, ImageBitmap, ImageData, <img>, <canvas> or a same-origin URL.');
+  }
+  // A copy, so the caller's bitmap stays usable after we transfer ours to the worker.
+  const bitmap = await createImageBitmap(input);
+  return { source: bitmap, transfer: [bitmap] };
+}

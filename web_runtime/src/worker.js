@@ -1,0 +1,355 @@
+// ClearCut inference worker (module worker). Fetches and verifies the model chunks, runs onnxruntime-web,
+// and does all pixel work off the main thread. Image bytes never leave this worker except back to the page.
+import { ClearCutError, sniffImage, resizeRGB8, resizeFloat, normalise } from './imaging.js';
+
+const CACHE_NAME = 'clearcut-chunks-v1';
+const FETCH_ATTEMPTS = 3;
+const PARALLEL_CHUNKS = 3;
+
+/** @type {any} */ let ort = null;
+/** @type {any} */ let session = null;
+/** @type {any} */ let manifest = null;
+let settings = { maxPixels: 40_000_000 };
+const cancelled = new Set();
+let loadController = null;
+
+// Remember the wasm memories onnxruntime creates (emscripten imports its memory from JS) so that
+// `cutter.memory()` can report heap growth; leak checks need it and nothing else exposes it.
+const wasmMemories = new Set();
+const NativeMemory = WebAssembly.Memory;
+function TrackedMemory(descriptor) {
+  const memory = new NativeMemory(descriptor);
+  wasmMemories.add(memory);
+  return memory;
+}
+TrackedMemory.prototype = NativeMemory.prototype;
+WebAssembly.Memory = TrackedMemory;
+
+const post = (msg, transfer = []) => self.postMessage(msg, transfer);
+
+self.onmessage = async (event) => {
+  const msg = event.data;
+  if (msg.type === 'cancel') { cancelled.add(msg.id); if (msg.id === 'init' && loadController) loadController.abort(); return; }
+  try {
+    if (msg.type === 'init') {
+      const result = await init(msg);
+      post({ id: msg.id, result });
+    } else if (msg.type === 'cut') {
+      const { result, transfer } = await cut(msg);
+      post({ id: msg.id, result }, transfer);
+    } else if (msg.type === 'memory') {
+      post({ id: msg.id, result: wasmMemoryBytes() });
+    } else if (msg.type === 'dispose') {
+      if (session) await session.release();
+      session = null;
+      post({ id: msg.id, result: true });
+    }
+  } catch (err) {
+    post({ id: msg.id, error: { code: err.code || (err.name === 'AbortError' ? 'aborted' : 'internal'), message: err.message || String(err) } });
+  } finally {
+    cancelled.delete(msg.id);
+  }
+};
+
+function wasmMemoryBytes() {
+  let bytes = 0;
+  for (const m of wasmMemories) bytes += m.buffer.byteLength;
+  return bytes;
+}
+
+async function init({ manifestUrl, variant, backend, maxPixels, numThreads }) {
+  if (maxPixels) settings.maxPixels = maxPixels;
+  loadController = new AbortController();
+  const signal = loadController.signal;
+  const res = await fetchWithRetry(manifestUrl, { cache: 'no-cache', signal }, 'the bundle manifest');
+  manifest = await res.json();
+  const name = variant || manifest.default_variant;
+  const entry = manifest.variants[name];
+  if (!entry) {
+    throw new ClearCutError('variant', `Variant "${name}" is not in ${manifestUrl}; available: ${Object.keys(manifest.variants).join(', ')}.`);
+  }
+  const base = new URL('.', new URL(manifestUrl, self.location.href)).href;
+  const wanted = backend || 'wasm';
+  let gpuReason = null;
+  let useGpu = false;
+  if (wanted === 'webgpu' || wanted === 'auto') {
+    gpuReason = await webgpuProblem(entry, wanted === 'auto');
+    useGpu = gpuReason === null;
+    if (wanted === 'webgpu' && !useGpu) throw new ClearCutError('backend', `WebGPU backend unavailable: ${gpuReason}.`);
+  }
+  ort = await import(new URL(manifest.runtime.ort[useGpu ? 'webgpu' : 'wasm'], base).href);
+  ort.env.wasm.wasmPaths = new URL(manifest.runtime.ort_dir + '/', base).href;
+  ort.env.wasm.proxy = false;
+  ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(numThreads || navigator.hardwareConcurrency || 1, 4)) : 1;
+
+  const modelBytes = await loadChunks(entry, base, signal);
+  let used = useGpu ? 'webgpu' : 'wasm';
+  let fallbackReason = wanted === 'auto' && !useGpu ? gpuReason : null;
+  const options = { graphOptimizationLevel: 'all' };
+  try {
+    session = await ort.InferenceSession.create(modelBytes, { ...options, executionProviders: [used] });
+  } catch (err) {
+    if (used !== 'webgpu' || wanted === 'webgpu') throw new ClearCutError('backend', `Could not start the ${used} session: ${err.message}`);
+    fallbackReason = `WebGPU session failed (${err.message})`;
+    used = 'wasm';
+    session = await ort.InferenceSession.create(modelBytes, { ...options, executionProviders: ['wasm'] });
+  }
+  return {
+    variant: name, backend: used, fallbackReason, threads: used === 'wasm' ? ort.env.wasm.numThreads : null,
+    crossOriginIsolated: self.crossOriginIsolated, model: manifest.model, inputSize: manifest.preprocessing.input_size,
+  };
+}
+
+async function webgpuProblem(entry, autoMode) {
+  if (!entry.backends?.includes('webgpu')) return 'this bundle does not ship the WebGPU runtime';
+  if (!('gpu' in navigator)) return 'navigator.gpu is missing (no WebGPU in this browser)';
+  const adapter = await navigator.gpu.requestAdapter().catch(() => null);
+  if (!adapter) return 'no WebGPU adapter';
+  const fallback = adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter;
+  if (autoMode && fallback) return 'only a software (fallback) WebGPU adapter';
+  return null;
+}
+
+async function fetchWithRetry(url, init, what) {
+  let lastError;
+  for (let attempt = 1; attempt <= FETCH_ATTEMPTS; attempt++) {
+    let res = null;
+    try {
+      res = await fetch(url, init);
+    } catch (err) {
+      if (err.name === 'AbortError') throw new ClearCutError('aborted', 'Model loading was aborted.');
+      lastError = new ClearCutError('network', `Could not download ${what} (${url}): ${err.message}`);
+    }
+    if (res?.ok) return res;
+    if (res) {
+      lastError = new ClearCutError('network', `HTTP ${res.status} for ${what} (${url}).`);
+      if (res.status < 500 && res.status !== 429) throw lastError; // not transient: retrying will not help
+    }
+    await new Promise((r) => setTimeout(r, 250 * attempt));
+  }
+  throw lastError;
+}
+
+async function sha256Hex(bytes) {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
+  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+async function loadChunks(entry, base, signal) {
+  const cache = await caches.open(CACHE_NAME);
+  const model = new Uint8Array(entry.bytes);
+  const offsets = [];
+  let offset = 0;
+  for (const c of entry.chunks) { offsets.push(offset); offset += c.bytes; }
+  if (offset !== entry.bytes) throw new ClearCutError('manifest', 'The manifest chunk sizes do not add up to the variant size.');
+  let loaded = 0;
+  const progress = (delta, fromCache) => {
+    loaded += delta;
+    post({ type: 'progress', phase: 'download', loaded, total: entry.bytes, fromCache });
+  };
+  let next = 0;
+  const worker = async () => {
+    while (next < entry.chunks.length) {
+      const index = next++;
+      const bytes = await loadChunk(entry.chunks[index], base, cache, signal, progress);
+      model.set(bytes, offsets[index]);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(PARALLEL_CHUNKS, entry.chunks.length) }, worker));
+  post({ type: 'progress', phase: 'session', loaded: entry.bytes, total: entry.bytes });
+  return model;
+}
+
+async function loadChunk(chunk, base, cache, signal, progress) {
+  const url = new URL(chunk.path, base).href;
+  const cached = await cache.match(url);
+  if (cached) {
+    const bytes = new Uint8Array(await cached.arrayBuffer());
+    if (bytes.length === chunk.bytes && (await sha256Hex(bytes)) === chunk.sha256) {
+      progress(bytes.length, true);
+      return bytes;
+    }
+    await cache.delete(url); // a damaged cache entry is dropped and fetched again
+  }
+  let lastError;
+  for (let attempt = 1; attempt <= FETCH_ATTEMPTS; attempt++) {
+    let counted = 0;
+    try {
+      const res = await fetch(url, { cache: 'no-store', signal });
+      if (!res.ok) throw new ClearCutError(res.status >= 500 || res.status === 429 ? 'network' : 'missing',
+        `HTTP ${res.status} for model chunk ${chunk.path}.`);
+      const bytes = new Uint8Array(chunk.bytes);
+      const reader = res.body.getReader();
+      for (;;) {
+        const { done, value } = await reader.read();
+        if (done) break;
+        if (counted + value.length > chunk.bytes) {
+          await reader.cancel();
+          throw new ClearCutError('integrity', `Model chunk ${chunk.path} is larger than the ${chunk.bytes} bytes the manifest lists: refused.`);
+        }
+        bytes.set(value, counted);
+        counted += value.length;
+        progress(value.length, false);
+      }
+      if (counted !== chunk.bytes) {
+        throw new ClearCutError('network', `Model chunk ${chunk.path} was truncated (${counted} of ${chunk.bytes} bytes).`);
+      }
+      const actual = await sha256Hex(bytes);
+      if (actual !== chunk.sha256) {
+        throw new ClearCutError('integrity', `Model chunk ${chunk.path} failed its integrity check (sha256 ${actual}, expected ${chunk.sha256}): ` +
+          'the file on the server is corrupt or was altered. It was not used or cached; redeploy the bundle.');
+      }
+      await cache.put(url, new Response(bytes, { headers: { 'Content-Type': 'application/octet-stream' } })).catch(() => {});
+      return bytes;
+    } catch (err) {
+      progress(-counted, false);
+      if (err.name === 'AbortError') throw new ClearCutError('aborted', 'Model loading was aborted.');
+      if (err.code === 'integrity' || err.code === 'missing') throw err;
+      lastError = err instanceof ClearCutError ? err : new ClearCutError('network', `Could not download model chunk ${chunk.path}: ${err.message}`);
+    }
+    await new Promise((r) => setTimeout(r, 300 * attempt));
+  }
+  throw lastError;
+}
+
+function checkCancelled(id) {
+  if (cancelled.has(id)) throw new ClearCutError('aborted', 'The cut was aborted.');
+}
+
+function checkBounds(width, height) {
+  if (!(width > 0 && height > 0)) throw new ClearCutError('decode', `The image has invalid dimensions ${width}×${height}.`);
+  if (width * height > settings.maxPixels) {
+    throw new ClearCutError('too-large', `The image is ${width}×${height} (${(width * height / 1e6).toFixed(1)} MP), above the ` +
+      `${(settings.maxPixels / 1e6).toFixed(1)} MP limit: downscale it first or raise maxPixels.`);
+  }
+}
+
+async function decode(source) {
+  if (source instanceof ImageData) {
+    checkBounds(source.width, source.height);
+    return { rgba: source.data, width: source.width, height: source.height };
+  }
+  let bitmap = source;
+  if (source instanceof Blob) {
+    const head = new Uint8Array(await source.slice(0, 65536).arrayBuffer());
+    const info = sniffImage(head);
+    if (info.width !== undefined) checkBounds(info.width, info.height);
+    try {
+      bitmap = await createImageBitmap(source, { imageOrientation: 'from-image', colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+    } catch (err) {
+      throw new ClearCutError('decode', `The ${info.format.toUpperCase()} file could not be decoded (damaged or truncated?): ${err.message}`);
+    }
+  }
+  try {
+    checkBounds(bitmap.width, bitmap.height);
+    const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    ctx.drawImage(bitmap, 0, 0);
+    const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+    return { rgba: data.data, width: bitmap.width, height: bitmap.height };
+  } finally {
+    bitmap.close?.();
+  }
+}
+
+function parseColor(color) {
+  const m = /^#?([0-9a-f]{6})$/i.exec(color || '#ffffff') || /^#?([0-9a-f]{3})$/i.exec(color);
+  if (!m) throw new ClearCutError('options', `Colour "${color}" is not #rrggbb.`);
+  const hex = m[1].length === 3 ? m[1].replace(/./g, '$&$&') : m[1];
+  return [0, 2, 4].map((i) => parseInt(hex.slice(i, i + 2), 16));
+}
+
+async function cut({ id, source, options }) {
+  if (!session) throw new ClearCutError('state', 'The cutter is not ready (disposed or still loading).');
+  const output = options.output || 'cutout';
+  const format = options.format || 'png';
+  if (!['cutout', 'mask', 'color'].includes(output)) throw new ClearCutError('options', `Unknown output "${output}".`);
+  if (!['png', 'webp', 'jpeg', 'raw'].includes(format)) throw new ClearCutError('options', `Unknown format "${format}".`);
+  const colour = output === 'color' || (output === 'cutout' && format === 'jpeg') ? parseColor(options.color) : null;
+
+  const { rgba, width, height } = await decode(source);
+  checkCancelled(id);
+  const pre = manifest.preprocessing;
+  const [mh, mw] = pre.input_size;
+  const rgb = resizeRGB8(rgba, width, height, mw, mh);
+  const input = new ort.Tensor('float32', normalise(rgb, mw, mh, pre), [1, 3, mh, mw]);
+  const t0 = performance.now();
+  const outputs = await session.run({ [manifest.output.input_name]: input });
+  const inferenceMs = performance.now() - t0;
+  const alphaTensor = outputs[manifest.output.output_name];
+  const alphaSmall = Float32Array.from(alphaTensor.data); // copy out before the tensor is released
+  for (const t of Object.values(outputs)) t.dispose?.();
+  input.dispose?.();
+  checkCancelled(id);
+
+  const alpha = resizeFloat(alphaSmall, mw, mh, width, height);
+  if (options.refine) refineAlpha(alpha, rgba, width, height);
+  const out = new Uint8ClampedArray(width * height * 4);
+  for (let i = 0, p = 0; i < alpha.length; i++, p += 4) {
+    const a = alpha[i] <= 0 ? 0 : alpha[i] >= 1 ? 1 : alpha[i];
+    const a8 = Math.round(a * 255);
+    if (output === 'mask') {
+      out[p] = out[p + 1] = out[p + 2] = a8; out[p + 3] = 255;
+    } else if (colour) {
+      for (let c = 0; c < 3; c++) out[p + c] = rgba[p + c] * a + colour[c] * (1 - a) + 0.5;
+      out[p + 3] = 255;
+    } else {
+      out[p] = rgba[p]; out[p + 1] = rgba[p + 1]; out[p + 2] = rgba[p + 2]; out[p + 3] = a8;
+    }
+  }
+  const image = new ImageData(out, width, height);
+  const timing = { inferenceMs };
+  if (format === 'raw') return { result: { image, timing }, transfer: [out.buffer] };
+  const canvas = new OffscreenCanvas(width, height);
+  canvas.getContext('2d').putImageData(image, 0, 0);
+  const blob = await canvas.convertToBlob({ type: `image/${format}`, quality: options.quality ?? 0.92 });
+  return { result: { blob, timing }, transfer: [] };
+}
+
+/**
+ * Edge refinement: a guided filter (He et al.) with the image's luminance as guide, at full resolution,
+ * applied only where the mask is uncertain so that confident foreground/background stay untouched.
+ */
+function refineAlpha(alpha, rgba, width, height) {
+  const n = width * height;
+  const radius = Math.max(2, Math.round(Math.min(width, height) / 256));
+  const eps = 1e-3;
+  const guide = new Float32Array(n);
+  for (let i = 0, p = 0; i < n; i++, p += 4) guide[i] = (0.299 * rgba[p] + 0.587 * rgba[p + 1] + 0.114 * rgba[p + 2]) / 255;
+  const mean = (src) => boxFilter(src, width, height, radius);
+  const gp = new Float32Array(n), gg = new Float32Array(n);
+  for (let i = 0; i < n; i++) { gp[i] = guide[i] * alpha[i]; gg[i] = guide[i] * guide[i]; }
+  const mI = mean(guide), mP = mean(alpha), mIP = mean(gp), mII = mean(gg);
+  const a = new Float32Array(n), b = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    const cov = mIP[i] - mI[i] * mP[i], v = mII[i] - mI[i] * mI[i];
+    a[i] = cov / (v + eps); b[i] = mP[i] - a[i] * mI[i];
+  }
+  const mA = mean(a), mB = mean(b);
+  for (let i = 0; i < n; i++) {
+    const p = alpha[i];
+    if (p > 0.02 && p < 0.98) alpha[i] = Math.min(1, Math.max(0, mA[i] * guide[i] + mB[i]));
+  }
+}
+
+function boxFilter(src, width, height, r) {
+  const tmp = new Float32Array(src.length), dst = new Float32Array(src.length);
+  for (let y = 0; y < height; y++) {
+    const row = y * width;
+    let s = 0;
+    for (let x = -r; x <= r; x++) s += src[row + Math.min(width - 1, Math.max(0, x))];
+    for (let x = 0; x < width; x++) {
+      tmp[row + x] = s / (2 * r + 1);
+      s += src[row + Math.min(width - 1, x + r + 1)] - src[row + Math.max(0, x - r)];
+    }
+  }
+  for (let x = 0; x < width; x++) {
+    let s = 0;
+    for (let y = -r; y <= r; y++) s += tmp[Math.min(height - 1, Math.max(0, y)) * width + x];
+    for (let y = 0; y < height; y++) {
+      dst[y * width + x] = s / (2 * r + 1);
+      s += tmp[Math.min(height - 1, y + r + 1) * width + x] - tmp[Math.max(0, y - r) * width + x];
+    }
+  }
+  return dst;
+}
