@@ -102,6 +102,9 @@ def web_root(tmp_path_factory, tiny_build) -> Path:
         build_bundle(REAL_BUILD, root / "real", variants=[variant], backends=("wasm",))
     (root / "harness.html").write_text("<!doctype html><meta charset=utf-8><title>harness</title><body></body>")
     (root / "favicon.ico").write_bytes(b"")
+    from eval.images import sample_photos
+
+    shutil.copyfile(sample_photos()[0], root / "photo.png")  # a same-origin image URL
     for path in root.rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)
     root.chmod(0o755)
