@@ -1,0 +1,55 @@
+"""WebGPU backend on Chromium's software adapter (SwiftShader): a functional check on the tiny model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eval.images import load_rgb, sample_photos
+
+from .conftest import CHROMIUM, Harness, python_alpha
+
+WEBGPU_ARGS = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update",
+               "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+@pytest.fixture(scope="module")
+def gpu_harness(playwright_instance, server):
+    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=WEBGPU_ARGS)
+    context = browser.new_context(bypass_csp=True)
+    h = Harness(context, context.new_page(), server.url)
+    h.open()
+    adapter = h.page.evaluate("""async () => {
+      if (!navigator.gpu) return null;
+      const a = await navigator.gpu.requestAdapter();
+      return a && { architecture: a.info?.architecture, fallback: a.info?.isFallbackAdapter ?? false };
+    }""")
+    if adapter is None:
+        browser.close()
+        pytest.skip("this Chromium offers no WebGPU adapter even with --enable-unsafe-webgpu")
+    h.adapter = adapter
+    yield h
+    browser.close()
+
+
+def test_webgpu_cuts_like_python(gpu_harness, tiny_build):
+    info = gpu_harness.load("tiny", variant="fp32", backend="webgpu")
+    assert info["ok"], info
+    assert info["backend"] == "webgpu"
+    manifest = json.loads((tiny_build / "manifest.json").read_text())
+    photo = sample_photos()[0]
+    rgb = load_rgb(photo)
+    reference = python_alpha(tiny_build / manifest["variants"]["fp32"]["path"], manifest, rgb)
+    mask = gpu_harness.cut(photo.read_bytes(), output="mask", format="raw")
+    assert mask["ok"], mask
+    diff = np.abs(mask["rgba"][..., 0].astype(np.float32) / 255 - reference)
+    assert float(diff.mean()) <= 2 / 255, f"WebGPU mask differs by {diff.mean() * 255:.2f}/255"
+
+
+def test_auto_avoids_software_adapter(gpu_harness):
+    info = gpu_harness.load("tiny", variant="fp16", backend="auto")
+    assert info["ok"], info
+    if gpu_harness.adapter["fallback"]:
+        assert info["backend"] == "wasm" and "software" in info["fallbackReason"], info
+    assert gpu_harness.cut(sample_photos()[1].read_bytes())["ok"]
