@@ -162,3 +162,26 @@ def load_model(config: ModelConfig, weights: Path, weight_format: str | None = N
     else:
         state = read_state_dict(weights)
     return load_into(model, state, str(weights))
+
+
+def upcast_graph_to_fp32(source: Path, target: Path) -> Path:
+    """The same graph computing in fp32: fp16 initializers widened, Casts to fp16 turned into Casts to fp32.
+
+    A graph that computes in fp16 (imgly's "medium") differs from any fp32 model by its own rounding; its fp32
+    twin isolates the weight import, which must then match to float precision.
+    """
+    from onnx import TensorProto
+    from models.weights import atomic_write_bytes
+
+    model = onnx.load(str(source))
+    for index, init in enumerate(model.graph.initializer):
+        if init.data_type == TensorProto.FLOAT16:
+            model.graph.initializer[index].CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Cast" and attr.name == "to" and attr.i == TensorProto.FLOAT16:
+                attr.i = TensorProto.FLOAT
+    del model.graph.value_info[:]  # recorded fp16 types no longer hold
+    atomic_write_bytes(Path(target), model.SerializeToString())
+    return Path(target)

@@ -1,0 +1,52 @@
+# ClearCut toolchain. `make export` and `make test` work from a clean clone: `setup` installs everything.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MODEL ?= isnet-imgly
+VARIANTS ?=
+WEIGHTS ?=
+SIZE ?=
+DATA ?=
+EXPORT_ARGS := --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SIZE),--size $(SIZE))
+
+.PHONY: setup setup-python setup-system setup-web export test clean list
+
+setup: setup-python setup-system setup-web
+
+# Python: torch pinned to the local CPU wheel (any other spec pulls GBs of CUDA), the rest from PyPI.
+setup-python: $(VENV)/.setup-stamp
+$(VENV)/.setup-stamp: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+# Debian packages for the browser tests: Chromium (never `playwright install`) and nginx as the CDN stand-in.
+setup-system:
+	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium nginx-light; \
+	fi
+
+# npm packages of the browser runtime (lockfile committed).
+setup-web:
+	@if [ -f web_runtime/package-lock.json ]; then \
+	  if [ ! -d web_runtime/node_modules ] || [ web_runtime/package-lock.json -nt web_runtime/node_modules/.package-lock.json ]; then \
+	    npm ci --prefix web_runtime --no-audit --no-fund; \
+	  fi; \
+	fi
+
+list: setup-python
+	$(PY) -m export.cli list
+
+## export: pull real weights, export, quantize, prove parity → build/$(MODEL)/
+export: setup-python
+	$(PY) -m export.cli export $(EXPORT_ARGS)
+
+## test: the whole suite (unit, pipeline on a small model, real weights once, browser)
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf build dist
