@@ -147,7 +147,10 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         raise BundleError(f"{manifest_path} missing: run `clearcut export` (make export) first")
     build = json.loads(manifest_path.read_text())
     available = build.get("variants", {})
-    chosen = variants or list(available)
+    # By default only variants that passed the pipeline's parity gate ship; an explicit list overrides.
+    chosen = variants or [v for v, e in available.items() if (e.get("parity") or {}).get("passed", True)]
+    if not chosen:
+        raise BundleError(f"{manifest_path}: no variant passed the parity gate; name one with --variants to ship it anyway")
     unknown = [v for v in chosen if v not in available]
     if unknown:
         raise BundleError(f"{manifest_path}: no variant(s) {unknown}; the build has {sorted(available)}")
@@ -234,7 +237,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
 
 
 def _default_variant(variants: dict) -> str:
-    for preferred in ("int8w", "fp16", "fp32"):
+    for preferred in ("int8w", "int8", "fp16", "fp32"):  # smallest download first
         if preferred in variants:
             return preferred
     return next(iter(variants))

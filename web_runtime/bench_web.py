@@ -1,0 +1,116 @@
+"""Browser benchmark (`make bench-web`): per variant, in one headless Chromium run, cold first cut (download from
+the local nginx + session + inference) and warm cut, next to native onnxruntime on the same ONNX bytes.
+
+    python -m web_runtime.bench_web --dist dist [--build build/isnet-imgly] [--variants int8,fp32] [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from web_runtime.serve import NginxServer
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+CUT_JS = """async ([variant, url, repeats]) => {
+  const m = await import('/clearcut.js');
+  const blob = await (await fetch(url)).blob();
+  const t0 = performance.now();
+  const cutter = await m.createCutter({ manifestUrl: '/manifest.json', variant });
+  const loaded = performance.now();
+  await cutter.cut(blob, { format: 'raw' });
+  const cold = performance.now() - t0;
+  const warm = [], inference = [];
+  for (let i = 0; i < repeats; i++) {
+    const timing = {};
+    const s = performance.now();
+    await cutter.cut(blob, { format: 'png', timing });
+    warm.push(performance.now() - s);
+    inference.push(timing.inferenceMs);
+  }
+  const info = cutter.info;
+  cutter.dispose();
+  return { cold, load: loaded - t0, warm, inference, threads: info.threads, coi: info.crossOriginIsolated };
+}"""
+
+
+def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> float:
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
+    session.run(None, {name: x})
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, {name: x})
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="web_runtime.bench_web", description=__doc__.split("\n")[0])
+    parser.add_argument("--dist", default="dist")
+    parser.add_argument("--build", default="", help="build folder with the same ONNX files, for native timings")
+    parser.add_argument("--variants", default="")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--image", default="", help="photo to cut (default: scikit-image's astronaut.png)")
+    args = parser.parse_args(argv)
+    dist = Path(args.dist)
+    manifest = json.loads((dist / "manifest.json").read_text())
+    variants = [v for v in args.variants.split(",") if v] or list(manifest["variants"])
+    image = Path(args.image) if args.image else None
+    if image is None:
+        from eval.images import sample_photos
+        image = sample_photos()[0]
+    (dist / "_bench").mkdir(exist_ok=True)
+    (dist / "_bench" / image.name).write_bytes(image.read_bytes())
+    (dist / "_bench" / "index.html").write_text("<!doctype html><title>bench</title>")
+    build = Path(args.build) if args.build else None
+    build_manifest = json.loads((build / "manifest.json").read_text()) if build else None
+
+    from playwright.sync_api import sync_playwright
+    rows = []
+    try:
+        with NginxServer(dist) as server, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            for variant in variants:
+                context = browser.new_context(bypass_csp=True)  # fresh cache: a real cold start
+                page = context.new_page()
+                page.goto(server.url + "/_bench/index.html")
+                r = page.evaluate(CUT_JS, [variant, f"/_bench/{image.name}", args.repeats])
+                context.close()
+                native = None
+                if build_manifest and variant in build_manifest["variants"]:
+                    native = native_ms(build / build_manifest["variants"][variant]["path"],
+                                       manifest["preprocessing"]["input_size"], r["threads"] or 1, args.repeats)
+                rows.append((variant, manifest["variants"][variant]["bytes"], r, native))
+            browser.close()
+    finally:
+        import shutil
+        shutil.rmtree(dist / "_bench", ignore_errors=True)
+
+    print(f"ClearCut {manifest['model']['name']} in headless Chromium, {image.name}, "
+          f"threads={rows[0][2]['threads'] if rows else '?'}, cross-origin isolated={rows[0][2]['coi'] if rows else '?'}")
+    print(f"{'variant':<8}{'MiB':>8}{'cold s':>9}{'warm s':>9}{'infer s':>9}{'native s':>10}{'browser/native':>16}")
+    for variant, size, r, native in rows:
+        warm = statistics.median(r["warm"]) / 1000
+        infer = statistics.median(r["inference"]) / 1000
+        ratio = f"{infer * 1000 / native:.2f}" if native else "-"
+        nat = f"{native / 1000:.2f}" if native else "-"
+        print(f"{variant:<8}{size / 2**20:8.1f}{r['cold'] / 1000:9.2f}{warm:9.2f}{infer:9.2f}{nat:>10}{ratio:>16}")
+    print("peer (@imgly/background-removal 1.7.0): not measured by this script yet")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
