@@ -93,13 +93,14 @@ def check_import(config: ModelConfig, model: torch.nn.Module, source_onnx: Path,
     return {"vs_fp32_twin": strict, "vs_shipped_graph": shipped}
 
 
-def make_variant(variant: str, fp32: Path, target: Path, calibration: Sequence[Path], pre: Preprocessing) -> None:
+def make_variant(variant: str, fp32: Path, target: Path, calibration: Sequence[Path], pre: Preprocessing,
+                 config: ModelConfig) -> None:
     if variant == "fp16":
         from quantize.fp16 import to_fp16
         to_fp16(fp32, target)
     elif variant == "int8w":
         from quantize.weight_only import to_int8_weights
-        to_int8_weights(fp32, target)
+        to_int8_weights(fp32, target, config.int8w_keep_fp16)
     elif variant == "int8":
         from quantize.static_int8 import to_int8_static
         to_int8_static(fp32, target, calibration, lambda p: preprocess(load_rgb(p), pre), INPUT_NAME)
@@ -184,9 +185,11 @@ def run_export(opts: ExportOptions) -> dict:
     for variant in variants:
         if variant == "fp32":
             continue
-        calib_params = {"calibration": {p.name: sha256_file(p) for p in calibration}} if variant == "int8" else {}
-        manifest.stage(f"variant:{variant}", {"fp32": files["fp32"]}, calib_params, {variant: files[variant]},
-                       lambda v=variant: make_variant(v, files["fp32"], files[v], calibration, pre), log)
+        params = {"calibration": {p.name: sha256_file(p) for p in calibration}} if variant == "int8" else {}
+        if variant == "int8w":
+            params["keep_fp16"] = list(config.int8w_keep_fp16)
+        manifest.stage(f"variant:{variant}", {"fp32": files["fp32"]}, params, {variant: files[variant]},
+                       lambda v=variant: make_variant(v, files["fp32"], files[v], calibration, pre, config), log)
 
     # 6. parity + latency of each variant against the torch reference
     refs = np.load(ref_outputs)
@@ -213,9 +216,13 @@ def run_export(opts: ExportOptions) -> dict:
 
     atomic_write_bytes(build / "parity.json", (json.dumps(parity, indent=2) + "\n").encode())
     summary_variants = {}
+    previous = manifest.data.get("variants", {})
     for variant in variants:
         info = describe_file(files[variant])
-        info["gzip_bytes"] = gzip_size(files[variant])
+        known = previous.get(variant, {})
+        # gzip -9 of a 176 MB file takes seconds: reuse the figure while the file is unchanged
+        same = known.get("sha256") == info["sha256"] and "gzip_bytes" in known
+        info["gzip_bytes"] = known["gzip_bytes"] if same else gzip_size(files[variant])
         p = parity[variant]
         info["parity"] = {k: p[k] for k in ("max_abs", "mean_abs", "iou_mean", "iou_worst", "worst_image", "passed")}
         info["cpu_latency_ms"] = p["latency"]["median_ms"]

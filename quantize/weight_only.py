@@ -4,6 +4,7 @@ with near-fp32 quality."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import onnx
@@ -26,7 +27,9 @@ def quantize_per_channel(weight: np.ndarray, axis: int = 0) -> tuple[np.ndarray,
     return q, scale
 
 
-def to_int8_weights(source: Path, target: Path) -> Path:
+def to_int8_weights(source: Path, target: Path, keep_fp16: Sequence[str] = ()) -> Path:
+    """``keep_fp16``: substrings of node names whose weights are stored as fp16 instead (the registry lists the
+    layers that int8 hurts most, e.g. the first full-resolution stages)."""
     model = onnx.load(str(source))
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
@@ -43,7 +46,14 @@ def to_int8_weights(source: Path, target: Path) -> Path:
             weight = numpy_helper.to_array(initializers[name])
             # MatMul/Gemm weights are (in, out): channels are the last axis; Conv is (out, in, k, k).
             axis = 0 if node.op_type in ("Conv", "ConvTranspose") else weight.ndim - 1
-            if weight.dtype == np.float32 and weight.size >= MIN_ELEMENTS and weight.ndim >= 2:
+            keep = any(pattern in node.name for pattern in keep_fp16)
+            if weight.dtype == np.float32 and keep:
+                graph.initializer.remove(initializers[name])
+                graph.initializer.append(numpy_helper.from_array(weight.astype(np.float16), name + "_fp16"))
+                new_nodes.append(helper.make_node("Cast", [name + "_fp16"], [name], name=name + "_to_fp32",
+                                                  to=onnx.TensorProto.FLOAT))
+                done.add(name)
+            elif weight.dtype == np.float32 and weight.size >= MIN_ELEMENTS and weight.ndim >= 2:
                 q, scale = quantize_per_channel(weight, axis)
                 graph.initializer.remove(initializers[name])
                 graph.initializer.extend([numpy_helper.from_array(q, name + "_int8"),
