@@ -24,7 +24,7 @@ $(VENV)/.setup-stamp: pyproject.toml
 
 # Debian packages for the browser tests: Chromium (never `playwright install`) and nginx as the CDN stand-in.
 setup-system:
-	@if ! command -v chromium >/dev/null || ! command -v nginx >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium nginx-light; \
 	fi
