@@ -10,7 +10,10 @@ SIZE ?=
 DATA ?=
 EXPORT_ARGS := --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SIZE),--size $(SIZE))
 
-.PHONY: setup setup-python setup-system setup-web export test clean list
+DIST ?= dist
+PORT ?= 8080
+
+.PHONY: setup setup-python setup-system setup-web export bundle serve bench-web test clean list
 
 setup: setup-python setup-system setup-web
 
@@ -40,9 +43,22 @@ setup-web:
 list: setup-python
 	$(PY) -m export.cli list
 
-## export: pull real weights, export, quantize, prove parity → build/$(MODEL)/
-export: setup-python
+## export: pull real weights, export, quantize, prove parity → build/$(MODEL)/, then the browser bundle → dist/
+export: setup-python setup-web
 	$(PY) -m export.cli export $(EXPORT_ARGS)
+	$(MAKE) --no-print-directory bundle
+
+## bundle: build/$(MODEL)/ → dist/ (runtime, onnxruntime-web files, verified chunks, manifest, demo, CDN headers)
+bundle: setup-python setup-web
+	$(PY) -m web_runtime.build_bundle --build build/$(MODEL) --out $(DIST) $(if $(VARIANTS),--variants $(VARIANTS))
+
+## serve: dist/ on http://127.0.0.1:$(PORT)/ through nginx with the CDN headers
+serve: setup-python setup-system
+	$(PY) -m web_runtime.serve --dist $(DIST) --port $(PORT)
+
+## bench-web: cold/warm cut per variant in headless Chromium vs native onnxruntime
+bench-web: setup
+	$(PY) -m web_runtime.bench_web --dist $(DIST) --build build/$(MODEL)
 
 ## test: the whole suite (unit, pipeline on a small model, real weights once, browser)
 test: setup
