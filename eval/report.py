@@ -1,0 +1,219 @@
+"""Write the eval report: report.json, report.md (table + recommendation), plots and gallery.html."""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.weights import atomic_write_bytes
+
+# A variant is "within the quality bound" when its quality score is at most this far below the best row.
+QUALITY_BOUND = 0.01
+GALLERY_MAX_SIDE = 320
+
+
+def _mb(n) -> str:
+    return "—" if n is None else f"{n / 1e6:.1f}"
+
+
+def _num(v, digits=4) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def quality_score(row: dict) -> float:
+    """One number to rank rows: weighted F against GT when there is GT, else IoU@0.5 vs fp32."""
+    return row["quality"]["weighted_f"] if row.get("quality") else row["parity"]["iou_mean"]
+
+
+def recommend(report: dict) -> dict:
+    onnx = [r for r in report["rows"] if r["kind"] == "onnx"]
+    best = max(onnx, key=quality_score)
+    within = [r for r in onnx if quality_score(r) >= quality_score(best) - QUALITY_BOUND]
+    smallest = min(within, key=lambda r: (r["size"]["gzip_bytes"], r["size"]["bytes"]))
+    fastest = min(onnx, key=lambda r: r["latency"]["median_ms"])
+    score = "weighted F vs ground truth" if best.get("quality") else "IoU@0.5 vs fp32"
+    return {"smallest_within_bound": smallest["name"], "best_quality": best["name"], "fastest": fastest["name"],
+            "score": score, "bound": QUALITY_BOUND}
+
+
+def table(report: dict) -> str:
+    with_gt = any(r.get("quality") for r in report["rows"])
+    header = ["row", "MB", "gzip MB", "br MB", "mean abs", "IoU mean", "IoU worst"]
+    if with_gt:
+        header += ["MAE", "maxF", "meanF", "S", "E", "wF", "bndF", "bndIoU"]
+    header += ["CPU ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in report["rows"]:
+        p, s = r["parity"], r["size"]
+        cells = [r["name"], _mb(s["bytes"]), _mb(s["gzip_bytes"]), _mb(s.get("brotli_bytes")),
+                 f"{p['mean_abs']:.2e}", _num(p["iou_mean"]), _num(p["iou_worst"])]
+        if with_gt:
+            q = r.get("quality") or {}
+            cells += [_num(q.get(k)) for k in ("mae", "max_f", "mean_f", "s_measure", "e_measure", "weighted_f",
+                                                "boundary_f", "boundary_iou")]
+        cells.append(f"{r['latency']['median_ms']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _markdown(report: dict, rec: dict) -> str:
+    rows = {r["name"]: r for r in report["rows"]}
+
+    def describe(name):
+        r = rows[name]
+        return (f"`{name}` ({_mb(r['size']['gzip_bytes'])} MB gzip, {quality_score(r):.4f} {rec['score']}, "
+                f"{r['latency']['median_ms']:.0f} ms CPU)")
+
+    source = f"`{report['data']}`" if report["data"] else "the scikit-image sample photos (parity only, no ground truth)"
+    lines = [f"# Eval: {report['model']}", "",
+             f"{len(report['images'])} images from {source}; parity against the `{report['reference']}` ONNX variant "
+             f"at model resolution; quality at the photo's resolution; latency onnxruntime CPU, 2 threads, median "
+             f"after one warm-up (torch row: wall time per image during the run).", "",
+             table(report), "",
+             "## Recommendation", "",
+             f"- smallest download within {rec['bound']} of the best {rec['score']}: {describe(rec['smallest_within_bound'])}",
+             f"- best quality: {describe(rec['best_quality'])}",
+             f"- fastest: {describe(rec['fastest'])}", "",
+             "Columns: sizes in MB (10^6 bytes; brotli only when the `brotli` module is installed); mean abs and "
+             "IoU@0.5 vs fp32; MAE, max/mean F-beta (beta²=0.3), S-measure, E-measure (mean), weighted F from "
+             "pysodmetrics; bndF / bndIoU: boundary F and Boundary IoU within a band of 1 % of the image "
+             "diagonal around the edge. Peak memory and browser timings are not measured here."]
+    if report["problems"]:
+        lines += ["", "## Skipped files", ""] + [f"- {p}" for p in report["problems"]]
+    return "\n".join(lines) + "\n"
+
+
+def _plots(report: dict, out: Path, rec: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    onnx = [r for r in report["rows"] if r["kind"] == "onnx"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in onnx:
+        x, y = r["size"]["gzip_bytes"] / 1e6, quality_score(r)
+        ax.scatter([x], [y])
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("download, gzip (MB)")
+    ax.set_ylabel(rec["score"])
+    ax.set_title(f"{report['model']}: size vs quality")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "size_vs_quality.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = [r["name"] for r in report["rows"]]
+    ax.bar(names, [r["latency"]["median_ms"] for r in report["rows"]])
+    ax.set_ylabel("median latency (ms)")
+    ax.set_title(f"{report['model']}: CPU latency, 2 threads")
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=100)
+    plt.close(fig)
+
+
+def _thumb(img: Image.Image) -> Image.Image:
+    scale = GALLERY_MAX_SIDE / max(img.size)
+    if scale < 1:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
+                         Image.Resampling.BILINEAR)
+    return img
+
+
+def _checkerboard(height: int, width: int, cell: int = 8) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    light = ((yy // cell + xx // cell) % 2 == 0)
+    return np.where(light[..., None], 230, 180).astype(np.float32) * np.ones(3, np.float32)
+
+
+def _cutout(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    return np.clip(rgb * a + _checkerboard(*alpha.shape) * (1 - a), 0, 255).astype(np.uint8)
+
+
+def _error_map(alpha: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Red where the alpha is too high (false foreground), blue where too low, black where right."""
+    diff = alpha - truth
+    out = np.zeros((*alpha.shape, 3), np.float32)
+    out[..., 0] = np.clip(diff, 0, 1) * 255
+    out[..., 2] = np.clip(-diff, 0, 1) * 255
+    return out.astype(np.uint8)
+
+
+def _worst_images(report: dict, count: int) -> list[str]:
+    """The ``count`` worst images, taken in turn from each row's ranking (by weighted F or parity IoU)."""
+    rankings = []
+    for r in report["rows"]:
+        def score(i):
+            return i["quality"]["weighted_f"] if i.get("quality") else i["parity"]["iou"]
+        rankings.append([i["image"] for i in sorted(r["images"], key=score)])
+    chosen: list[str] = []
+    for rank in range(max(len(x) for x in rankings)):
+        for ranking in rankings:
+            if rank < len(ranking) and ranking[rank] not in chosen and len(chosen) < count:
+                chosen.append(ranking[rank])
+    return chosen
+
+
+def _gallery(report: dict, out: Path, sources: dict[str, tuple[Path, Path | None]], count: int) -> None:
+    from eval.dataset import load_sample, Sample
+
+    directory = out / "gallery"
+    directory.mkdir(exist_ok=True)
+    rows = report["rows"]
+    names = _worst_images(report, count)
+    parts = ["<!doctype html><html><head><meta charset='utf-8'>",
+             f"<title>{html.escape(report['model'])}: worst images</title>",
+             "<style>body{font-family:sans-serif;background:#fafafa}table{border-collapse:collapse}"
+             "td{padding:4px;vertical-align:top;text-align:center;font-size:12px}img{display:block;max-width:"
+             f"{GALLERY_MAX_SIDE}px}}</style></head><body>",
+             f"<h1>{html.escape(report['model'])}: worst images</h1>",
+             "<p>Per image: the photo, the ground truth (or the fp32 alpha when there is none), then for each "
+             "row its cutout over a checkerboard and its error map (red: too much foreground, blue: too little)."
+             "</p>"]
+    for index, name in enumerate(names):
+        image_path, mask_path = sources[name]
+        rgb, gt = load_sample(Sample(name, image_path, mask_path))
+        by_row = {r["name"]: next(i for i in r["images"] if i["image"] == name) for r in rows}
+        fp32 = np.asarray(Image.open(out / by_row[report["reference"]]["alpha_png"]), np.float32) / 255
+        truth = gt if gt is not None else fp32
+        files = []
+
+        def save(array: np.ndarray, label: str) -> str:
+            file = f"{index:02d}-{label}.png"
+            _thumb(Image.fromarray(array)).save(directory / file)
+            return f"gallery/{file}"
+
+        cells = [("photo", save(rgb, "photo")),
+                 ("ground truth" if gt is not None else "fp32 alpha", save((truth * 255).astype(np.uint8), "truth"))]
+        for r in rows:
+            alpha = np.asarray(Image.open(out / by_row[r["name"]]["alpha_png"]), np.float32) / 255
+            q = by_row[r["name"]].get("quality")
+            label = f"{r['name']}: wF {q['weighted_f']:.3f}" if q else f"{r['name']}: IoU {by_row[r['name']]['parity']['iou']:.4f}"
+            cells.append((label, save(_cutout(rgb.astype(np.float32), alpha), f"{r['name']}-cutout")))
+            cells.append((f"{r['name']} error", save(_error_map(alpha, truth), f"{r['name']}-error")))
+        parts.append(f"<h2>{html.escape(name)}</h2><table><tr>")
+        parts += [f"<td><img src='{html.escape(src)}' alt='{html.escape(label)}'>{html.escape(label)}</td>"
+                  for label, src in cells]
+        parts.append("</tr></table>")
+        files.clear()
+    parts.append("</body></html>")
+    (out / "gallery.html").write_text("\n".join(parts))
+
+
+def write_report(report: dict, out: Path, gallery_images: int = 6,
+                 sources: dict[str, tuple[Path, Path | None]] | None = None) -> str:
+    """Write every report file into ``out``; returns the markdown table printed at the end of `make eval`."""
+    out.mkdir(parents=True, exist_ok=True)
+    rec = recommend(report)
+    report = dict(report, recommendation=rec)
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=1).encode())
+    (out / "report.md").write_text(_markdown(report, rec))
+    _plots(report, out, rec)
+    if sources is None:
+        sources = report.get("sources", {})
+    _gallery(report, out, {k: (Path(v[0]), Path(v[1]) if v[1] else None) for k, v in sources.items()}, gallery_images)
+    return table(report) + "\n\n" + "\n".join(f"{k}: {v}" for k, v in rec.items() if k not in ("score", "bound"))

@@ -1,0 +1,315 @@
+"""`make eval`: compare a model's built variants on download size, parity, quality and CPU speed.
+
+    python -m eval.run --model isnet-imgly [--variants fp32,int8w] [--data DIR] [--no-torch]
+
+Rows are the torch reference (optional: slow at 1024²) and each ONNX variant from build/<model>/. Every
+row is compared with the fp32 ONNX variant (parity) and, with --data, with the ground-truth masks (quality).
+Per-image results are cached under <out>/cache/, keyed by the row's weights sha256 and the image's sha256,
+so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from eval.dataset import DatasetError, Sample, load_sample, scan
+from eval.images import ImageError, alpha_to_image_size, preprocess, sample_photos
+from eval.metrics import image_metrics, summarize
+from eval.parity import compare
+from models.registry import Preprocessing, get_model_config
+from models.weights import atomic_write_bytes, sha256_file
+
+REFERENCE_VARIANT = "fp32"
+TORCH_ROW = "torch"
+THREADS = 2
+
+
+class EvalError(RuntimeError):
+    """The evaluation cannot start (missing build, unknown variant, ...)."""
+
+
+def _preprocessing(manifest: dict) -> Preprocessing:
+    pre = dict(manifest["preprocessing"])
+    pre["input_size"], pre["mean"], pre["std"] = tuple(pre["input_size"]), tuple(pre["mean"]), tuple(pre["std"])
+    return Preprocessing(**pre)
+
+
+def load_manifest(build_dir: Path, model: str) -> dict:
+    path = build_dir / model / "manifest.json"
+    if not path.is_file():
+        raise EvalError(f"{path}: no build manifest; run `make export MODEL={model}` first")
+    return json.loads(path.read_text())
+
+
+def select_variants(manifest: dict, requested: list[str] | None) -> list[str]:
+    built = list(manifest.get("variants", {}))
+    if REFERENCE_VARIANT not in built:
+        raise EvalError(f"the build has no {REFERENCE_VARIANT} variant, the parity reference; re-run `make export`")
+    names = requested or built
+    unknown = [n for n in names if n not in built]
+    if unknown:
+        raise EvalError(f"variants not built: {', '.join(unknown)} (built: {', '.join(built)}); "
+                        f"run `make export VARIANTS={','.join(names)}`")
+    # fp32 always runs (it is the parity reference) and comes first.
+    return [REFERENCE_VARIANT] + [n for n in names if n != REFERENCE_VARIANT]
+
+
+def download_sizes(path: Path, recorded: dict, sha256: str) -> dict:
+    """Raw, gzip (-9) and, when the `brotli` module is importable, brotli sizes of the model file."""
+    sizes = {"bytes": path.stat().st_size}
+    if recorded.get("sha256") == sha256 and recorded.get("gzip_bytes"):
+        sizes["gzip_bytes"] = recorded["gzip_bytes"]
+    else:
+        sizes["gzip_bytes"] = len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+    try:
+        import brotli
+    except ImportError:
+        sizes["brotli_bytes"] = None
+    else:
+        sizes["brotli_bytes"] = len(brotli.compress(path.read_bytes(), quality=9))
+    return sizes
+
+
+class Row:
+    """One compared model: an ONNX variant or the torch reference; ``predict`` maps a model input to alpha."""
+
+    def __init__(self, name: str, sha256: str, predict, path: Path | None = None):
+        self.name, self.sha256, self._predict, self.path = name, sha256, predict, path
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._predict(x), np.float32)[0, 0]
+
+
+def onnx_row(name: str, path: Path) -> Row:
+    from export.torch_to_onnx import INPUT_NAME, cpu_session
+
+    state = {}
+
+    def predict(x):
+        if "session" not in state:  # opened on first use: a fully cached run never loads the model
+            state["session"] = cpu_session(path, THREADS)
+        return state["session"].run(None, {INPUT_NAME: x})[0]
+
+    return Row(name, sha256_file(path), predict, path)
+
+
+def torch_row(model_name: str, weights: Path) -> Row:
+    state = {}
+
+    def predict(x):
+        if "model" not in state:  # loaded on first use, like the ONNX sessions
+            import torch
+
+            from models.checkpoint import load_model
+            torch.set_num_threads(THREADS)
+            state["model"] = load_model(get_model_config(model_name), weights, "state_dict").eval()
+        from export.torch_to_onnx import reference_alpha
+        return reference_alpha(state["model"], get_model_config(model_name), x)
+
+    return Row(TORCH_ROW, sha256_file(weights), predict, weights)
+
+
+class Cache:
+    """Per-image results as small JSON files plus the full-size alpha as an 8-bit PNG (for the gallery)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def key(row: Row, reference_sha: str, image_sha: str, preprocessing: Preprocessing, with_gt: bool) -> str:
+        parts = [row.sha256, reference_sha, image_sha, json.dumps(preprocessing.to_dict(), sort_keys=True),
+                 str(with_gt)]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> dict | None:
+        path = self.directory / f"{key}.json"
+        if not path.is_file() or not (self.directory / f"{key}.png").is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:  # a half-written file from an older interrupted run
+            return None
+
+    def put(self, key: str, record: dict, alpha_full: np.ndarray) -> None:
+        png = self.directory / f"{key}.png"
+        tmp = png.with_suffix(".tmp.png")
+        Image.fromarray(np.clip(np.rint(alpha_full * 255), 0, 255).astype(np.uint8)).save(tmp)
+        tmp.replace(png)
+        atomic_write_bytes(self.directory / f"{key}.json", json.dumps(record).encode())
+
+    def alpha_path(self, key: str) -> Path:
+        return self.directory / f"{key}.png"
+
+
+def evaluate(model: str, variants: list[str] | None, data: Path | None, build_dir: Path, out: Path,
+             use_torch: bool = True, limit: int | None = None, latency_runs: int = 5,
+             progress: bool = True, log=print) -> dict:
+    from eval.latency import cpu_latency_ms
+
+    manifest = load_manifest(build_dir, model)
+    names = select_variants(manifest, variants)
+    pre = _preprocessing(manifest)
+    model_dir = build_dir / model
+    problems: list[str] = []
+
+    if data is not None:
+        samples, problems = scan(Path(data))
+    else:
+        samples = [Sample(p.stem, p, None) for p in sample_photos()]
+    for message in problems:
+        log(f"warning: {message}")
+    if limit:
+        samples = samples[:limit]
+
+    rows: list[Row] = []
+    for name in names:
+        path = model_dir / manifest["variants"][name]["path"]
+        if not path.is_file():
+            raise EvalError(f"{path}: variant {name} is in the manifest but its file is missing; re-run `make export`")
+        rows.append(onnx_row(name, path))
+    reference = rows[0]
+    torch_weights = model_dir / "reference.safetensors"
+    if use_torch:
+        if torch_weights.is_file():
+            rows.insert(0, torch_row(model, torch_weights))
+        else:
+            log(f"note: {torch_weights} missing, no torch row")
+
+    cache = Cache(out / "cache")
+    with_gt = data is not None
+    per_row: dict[str, list[dict]] = {row.name: [] for row in rows}
+    keys: dict[str, dict[str, str]] = {row.name: {} for row in rows}
+    bar = tqdm(samples, desc=f"eval {model}", unit="img", disable=not progress, file=sys.stderr)
+    for sample in bar:
+        try:
+            rgb, gt = load_sample(sample)
+        except ImageError as err:
+            problems.append(f"{err}; skipped")
+            log(f"warning: {err}; skipped")
+            continue
+        image_sha = sha256_file(sample.image) if sample.mask is None else hashlib.sha256(
+            sample.image.read_bytes() + sample.mask.read_bytes()).hexdigest()
+        row_keys = {row.name: Cache.key(row, reference.sha256, image_sha, pre, with_gt) for row in rows}
+        records = {row.name: cache.get(row_keys[row.name]) for row in rows}
+        missing = [row for row in rows if records[row.name] is None]
+        if missing:
+            x = preprocess(rgb, pre)
+            reference_alpha = reference.predict(x)
+            for row in missing:
+                bar.set_postfix_str(f"{sample.name} · {row.name}")
+                start = time.perf_counter()
+                alpha = reference_alpha if row is reference else row.predict(x)
+                seconds = time.perf_counter() - start
+                parity = compare([alpha], [reference_alpha], [sample.name])["images"][0]
+                alpha_full = alpha_to_image_size(alpha, rgb.shape[:2])
+                record = {"image": sample.name, "seconds": seconds,
+                          "parity": {k: parity[k] for k in ("max_abs", "mean_abs", "iou")}}
+                if gt is not None:
+                    record["quality"] = image_metrics(alpha_full, gt)
+                cache.put(row_keys[row.name], record, alpha_full)
+                records[row.name] = record
+        for row in rows:
+            per_row[row.name].append(records[row.name])
+            keys[row.name][sample.name] = row_keys[row.name]
+    bar.close()
+    if not any(per_row.values()):
+        raise DatasetError("no image could be evaluated: " + "; ".join(problems[:3]))
+
+    first_input = None
+    results = []
+    for row in rows:
+        images = per_row[row.name]
+        parity_images = [dict(image=r["image"], **r["parity"]) for r in images]
+        ious = [p["iou"] for p in parity_images]
+        entry = {
+            "name": row.name,
+            "kind": "torch" if row.name == TORCH_ROW else "onnx",
+            "sha256": row.sha256,
+            "file": row.path.name if row.path else None,
+            "parity": {
+                "mean_abs": float(np.mean([p["mean_abs"] for p in parity_images])),
+                "max_abs": float(max(p["max_abs"] for p in parity_images)),
+                "iou_mean": float(np.mean(ious)),
+                "iou_worst": float(min(ious)),
+                "worst_image": parity_images[int(np.argmin(ious))]["image"],
+            },
+            "quality": summarize([r["quality"] for r in images if "quality" in r]) if with_gt else None,
+            "images": [{"image": r["image"], "parity": r["parity"], "alpha_png": str(cache.alpha_path(keys[row.name][r["image"]]).relative_to(out)),
+                        "quality": {k: v for k, v in r.get("quality", {}).items() if not k.endswith("_curve")} or None}
+                       for r in images],
+        }
+        if row.name == TORCH_ROW:
+            entry["size"] = {"bytes": row.path.stat().st_size, "gzip_bytes": None, "brotli_bytes": None}
+            entry["latency"] = {"median_ms": float(np.median([r["seconds"] for r in images]) * 1000),
+                                "note": "torch eager, per-image wall time during the run"}
+        else:
+            entry["size"] = download_sizes(row.path, manifest["variants"][row.name], row.sha256)
+            latency_file = out / "cache" / f"latency-{row.sha256[:32]}-{latency_runs}.json"
+            if latency_file.is_file():
+                entry["latency"] = json.loads(latency_file.read_text())
+            else:
+                if first_input is None:  # the first photo that could be evaluated
+                    first = next(s for s in samples if s.name == images[0]["image"])
+                    first_input = preprocess(load_sample(Sample(first.name, first.image, None))[0], pre)
+                log(f"latency: {row.name} (onnxruntime CPU, {THREADS} threads, median of {latency_runs})")
+                entry["latency"] = cpu_latency_ms(row.path, first_input, runs=latency_runs, threads=THREADS)
+                atomic_write_bytes(latency_file, json.dumps(entry["latency"]).encode())
+        results.append(entry)
+
+    return {
+        "schema": "clearcut.eval/1",
+        "model": model,
+        "preprocessing": pre.to_dict(),
+        "data": str(data) if data is not None else None,
+        "images": [s.name for s in samples if any(r["image"] == s.name for r in per_row[reference.name])],
+        "sources": {s.name: [str(s.image), str(s.mask) if s.mask else None] for s in samples},
+        "problems": problems,
+        "reference": REFERENCE_VARIANT,
+        "rows": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="isnet-imgly")
+    parser.add_argument("--variants", help="comma-separated (default: every built variant); fp32 always runs")
+    parser.add_argument("--data", type=Path, help="folder with images/ + masks/ for quality against ground truth")
+    parser.add_argument("--build", type=Path, default=Path("build"))
+    parser.add_argument("--out", type=Path, help="default: <build>/eval/<model>")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch reference row (slow at 1024²)")
+    parser.add_argument("--limit", type=int, help="only the first N images")
+    parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--gallery", type=int, default=6, help="how many worst images the gallery shows")
+    args = parser.parse_args(argv)
+
+    from eval.report import write_report
+
+    out = args.out or args.build / "eval" / args.model
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
+    try:
+        report = evaluate(args.model, variants, args.data, args.build, out, use_torch=not args.no_torch,
+                          limit=args.limit, latency_runs=args.latency_runs)
+    except (EvalError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = write_report(report, out, gallery_images=args.gallery)
+    print(table)
+    if args.data is None:
+        print("\nnote: parity only (scikit-image sample photos). Quality against ground truth needs DATA=, "
+              "e.g. `make eval DATA=path/to/folder` with images/NAME.jpg + masks/NAME.png.")
+    print(f"\nreport: {out / 'report.md'} · {out / 'report.json'} · {out / 'gallery.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""`make eval`: metrics on hand-made masks, dataset errors, and the whole eval on a tiny model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from eval import run
+from eval.dataset import DatasetError, load_sample, scan
+from eval.images import ImageError
+from eval.metrics import boundary_scores, image_metrics, summarize
+from export.pipeline import ExportOptions, run_export
+
+SIZE = 64
+
+
+def square(shape=(64, 64), top=20, left=20, side=20) -> np.ndarray:
+    mask = np.zeros(shape, np.float32)
+    mask[top:top + side, left:left + side] = 1.0
+    return mask
+
+
+# ---------------------------------------------------------------- metrics
+
+def test_perfect_mask_scores_perfectly():
+    gt = square()
+    m = image_metrics(gt, gt, band=2)
+    assert m["mae"] == 0.0
+    assert m["max_f"] == pytest.approx(1.0)
+    assert m["s_measure"] == pytest.approx(1.0)
+    assert m["weighted_f"] == pytest.approx(1.0)
+    assert m["e_measure"] > 0.99
+    assert m["boundary_f"] == 1.0 and m["boundary_iou"] == 1.0
+
+
+def test_empty_prediction():
+    gt = square()
+    m = image_metrics(np.zeros_like(gt), gt, band=2)
+    assert m["mae"] == pytest.approx(400 / 4096)  # exactly the foreground fraction
+    assert m["weighted_f"] == pytest.approx(0.0, abs=1e-6)
+    assert m["mean_f"] < 0.01
+    assert m["boundary_f"] == 0.0 and m["boundary_iou"] == 0.0
+
+
+def test_inverted_prediction():
+    gt = square()
+    m = image_metrics(1.0 - gt, gt, band=2)
+    assert m["mae"] == pytest.approx(1.0)
+    assert m["s_measure"] == pytest.approx(0.0, abs=1e-6)
+    assert m["weighted_f"] == pytest.approx(0.0, abs=1e-6)
+    assert m["mean_f"] < 0.01
+    # The inverted mask's edge hugs the true edge, so a contour measure cannot see it; the region one does.
+    assert m["boundary_iou"] == 0.0
+
+
+def test_one_pixel_shift():
+    gt = square()
+    shifted = np.roll(gt, 1, axis=1)
+    m = image_metrics(shifted, gt, band=2)
+    assert m["mae"] == pytest.approx(40 / 4096)  # one column gained, one lost, 20 px each
+    assert 0.9 < m["max_f"] < 1.0
+    assert 0.9 < m["weighted_f"] < 1.0
+    assert m["boundary_f"] == 1.0  # within the 2 px band
+    strict = boundary_scores(shifted, gt, band=0)
+    assert strict["boundary_f"] == pytest.approx(38 / 76)  # exact match: only 19 + 19 of the top/bottom rows
+    assert 0.0 < m["boundary_iou"] < 1.0
+
+
+def test_summary_averages_curves():
+    gt = square()
+    per_image = [image_metrics(gt, gt, band=2), image_metrics(np.zeros_like(gt), gt, band=2)]
+    s = summarize(per_image)
+    assert s["images"] == 2
+    assert s["mae"] == pytest.approx(200 / 4096)
+    assert s["max_f"] == pytest.approx(np.max(np.mean([m["f_curve"] for m in per_image], axis=0)))
+
+
+# ---------------------------------------------------------------- datasets
+
+def write_pair(root, name, size=(48, 40), seed=0, mask_size=None, suffix=".jpg"):
+    rng = np.random.default_rng(seed)
+    height, width = size
+    rgb = rng.integers(0, 80, (height, width, 3), dtype=np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
+    rgb[mask > 0] = 200
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(root / "images" / f"{name}{suffix}")
+    mh, mw = mask_size or size
+    Image.fromarray(mask).resize((mw, mh)).save(root / "masks" / f"{name}.png")
+
+
+@pytest.fixture()
+def messy_dataset(tmp_path):
+    root = tmp_path / "data"
+    for i in range(3):
+        write_pair(root, f"good{i}", seed=i, suffix=".png" if i == 2 else ".jpg")
+    write_pair(root, "wrongsize", mask_size=(30, 30))
+    write_pair(root, "nomask")
+    (root / "masks" / "nomask.png").unlink()
+    (root / "images" / "notes.txt").write_text("not a photo")
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.new("L", (10, 10)).save(root / "masks" / "broken.png")
+    return root
+
+
+def test_scan_names_each_bad_file(messy_dataset):
+    samples, problems = scan(messy_dataset)
+    assert [s.name for s in samples] == ["broken", "good0", "good1", "good2", "wrongsize"]
+    text = "\n".join(problems)
+    assert "notes.txt: not an image file" in text
+    assert "nomask.jpg: missing mask" in text and "masks/nomask.png" in text
+    by_name = {s.name: s for s in samples}
+    with pytest.raises(ImageError, match=r"wrongsize\.png: mask is 30x30 but its photo is 40x48"):
+        load_sample(by_name["wrongsize"])
+    with pytest.raises(ImageError, match=r"broken\.png: not a readable image"):
+        load_sample(by_name["broken"])
+
+
+def test_empty_or_wrong_folders_are_refused(tmp_path):
+    with pytest.raises(DatasetError, match="no images/ folder"):
+        scan(tmp_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    with pytest.raises(DatasetError, match=f"{tmp_path}: no usable image/mask pairs"):
+        scan(tmp_path)
+
+
+# ---------------------------------------------------------------- the whole eval
+
+@pytest.fixture(scope="module")
+def tiny_build(tmp_path_factory, tiny_u2netp_weights):
+    out = tmp_path_factory.mktemp("build")
+    run_export(ExportOptions(model="u2netp", variants=["fp32", "fp16"], weights=tiny_u2netp_weights,
+                             input_size=(SIZE, SIZE), out_dir=out, latency_runs=1, log=lambda *_: None))
+    return out
+
+
+def test_full_eval_with_data(tiny_build, messy_dataset, tmp_path, capsys):
+    out = tmp_path / "eval"
+    args = ["--model", "u2netp", "--build", str(tiny_build), "--out", str(out), "--data", str(messy_dataset),
+            "--latency-runs", "1"]
+    assert run.main(args) == 0
+    printed = capsys.readouterr()
+    for name in ("report.json", "report.md", "size_vs_quality.png", "latency.png", "gallery.html"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    rows = {r["name"]: r for r in report["rows"]}
+    assert list(rows) == ["torch", "fp32", "fp16"]
+    assert rows["fp32"]["parity"]["mean_abs"] == 0.0 and rows["fp32"]["parity"]["max_abs"] == 0.0
+    assert rows["fp32"]["parity"]["iou_worst"] == 1.0
+    assert rows["torch"]["parity"]["max_abs"] < 1e-4
+    assert report["images"] == ["good0", "good1", "good2"]
+    for row in rows.values():
+        assert row["quality"]["images"] == 3 and 0.0 <= row["quality"]["mae"] <= 1.0
+        assert len(row["images"]) == 3 and row["images"][0]["quality"]["weighted_f"] is not None
+        assert row["size"]["bytes"] > 0 and row["latency"]["median_ms"] > 0
+    problems = "\n".join(report["problems"])
+    for fragment in ("notes.txt", "nomask.jpg", "wrongsize.png", "broken.png"):
+        assert fragment in problems
+    assert "wrongsize.png: mask is 30x30" in printed.out + printed.err
+    assert "| fp32 |" in printed.out and "smallest_within_bound:" in printed.out
+    gallery = (out / "gallery.html").read_text()
+    images = [part.split("'")[0] for part in gallery.split("src='")[1:]]
+    assert images and all((out / src).is_file() for src in images)
+    assert report["recommendation"]["best_quality"] in rows
+
+    # Resume: a second run reads every per-image result from the cache and gives the same numbers.
+    cached = sorted((out / "cache").glob("*.json"))
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    assert run.main(args + ["--no-torch"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes
+    assert again["rows"][0]["parity"] == rows["fp32"]["parity"]
+    assert again["rows"][1]["quality"] == rows["fp16"]["quality"]
+
+
+def test_eval_without_data_is_parity_only(tiny_build, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert run.main(["--model", "u2netp", "--build", str(tiny_build), "--out", str(out), "--no-torch",
+                     "--variants", "fp16", "--latency-runs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "Quality against ground truth needs DATA=" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["fp32", "fp16"]
+    assert all(r["quality"] is None for r in report["rows"])
+    assert report["rows"][0]["parity"]["mean_abs"] == 0.0
+    assert (out / "gallery.html").is_file()
+
+
+def test_bad_requests_are_explained(tiny_build, tmp_path, capsys):
+    assert run.main(["--model", "u2netp", "--build", str(tiny_build), "--variants", "int8"]) == 2
+    assert "variants not built: int8" in capsys.readouterr().err
+    assert run.main(["--model", "u2net", "--build", str(tiny_build)]) == 2
+    assert "run `make export MODEL=u2net`" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    assert run.main(["--model", "u2netp", "--build", str(tiny_build), "--data", str(empty),
+                     "--out", str(tmp_path / "o")]) == 2
+    assert f"{empty}: no usable image/mask pairs" in capsys.readouterr().err
