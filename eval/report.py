@@ -44,7 +44,7 @@ def table(report: dict) -> str:
     header = ["row", "MB", "gzip MB", "br MB", "mean abs", "IoU mean", "IoU worst"]
     if with_gt:
         header += ["MAE", "maxF", "meanF", "S", "E", "wF", "bndF", "bndIoU"]
-    header += ["CPU ms"]
+    header += ["CPU ms", "peak MB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["rows"]:
         p, s = r["parity"], r["size"]
@@ -54,7 +54,8 @@ def table(report: dict) -> str:
             q = r.get("quality") or {}
             cells += [_num(q.get(k)) for k in ("mae", "max_f", "mean_f", "s_measure", "e_measure", "weighted_f",
                                                 "boundary_f", "boundary_iou")]
-        cells.append(f"{r['latency']['median_ms']:.0f}")
+        peak = r["latency"].get("peak_rss_mb")
+        cells += [f"{r['latency']['median_ms']:.0f}", "—" if peak is None else f"{peak:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -80,7 +81,8 @@ def _markdown(report: dict, rec: dict) -> str:
              "Columns: sizes in MB (10^6 bytes; brotli only when the `brotli` module is installed); mean abs and "
              "IoU@0.5 vs fp32; MAE, max/mean F-beta (beta²=0.3), S-measure, E-measure (mean), weighted F from "
              "pysodmetrics; bndF / bndIoU: boundary F and Boundary IoU within a band of 1 % of the image "
-             "diagonal around the edge. Peak memory and browser timings are not measured here."]
+             "diagonal around the edge; peak MB: peak RSS a fresh process gains while it opens "
+             "the variant and runs it (onnxruntime CPU, the imports excluded). Browser (WASM) timings come from `make bench-web`, not from here."]
     if report["problems"]:
         lines += ["", "## Skipped files", ""] + [f"- {p}" for p in report["problems"]]
     return "\n".join(lines) + "\n"
@@ -163,6 +165,8 @@ def _gallery(report: dict, out: Path, sources: dict[str, tuple[Path, Path | None
 
     directory = out / "gallery"
     directory.mkdir(exist_ok=True)
+    for stale in directory.glob("*.png"):  # from an earlier run with other rows or images
+        stale.unlink()
     rows = report["rows"]
     names = _worst_images(report, count)
     parts = ["<!doctype html><html><head><meta charset='utf-8'>",

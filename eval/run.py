@@ -13,7 +13,9 @@ import argparse
 import gzip
 import hashlib
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,6 +79,45 @@ def download_sizes(path: Path, recorded: dict, sha256: str) -> dict:
     else:
         sizes["brotli_bytes"] = len(brotli.compress(path.read_bytes(), quality=9))
     return sizes
+
+
+# Runs in a fresh process so that its peak RSS, minus what the imports took, is the variant's alone
+# (weights, session, arena, one run).
+_CPU_PROBE = """
+import json, resource, sys
+from pathlib import Path
+import numpy as np
+from eval.latency import cpu_latency_ms
+import export.torch_to_onnx  # imports torch: part of the baseline, not of the variant
+x = np.load(sys.argv[2])
+
+def status_mb(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+
+try:  # Linux: "5" resets the peak (VmHWM) to the current RSS, so the import spike does not count
+    open("/proc/self/clear_refs", "w").write("5")
+    baseline = status_mb("VmRSS")
+except OSError:
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+result = cpu_latency_ms(Path(sys.argv[1]), x, runs=int(sys.argv[3]), threads=int(sys.argv[4]))
+peak = status_mb("VmHWM") if status_mb("VmHWM") is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+result["peak_rss_mb"] = peak - baseline
+print(json.dumps(result))
+"""
+
+
+def cpu_latency_and_memory(path: Path, x: np.ndarray, runs: int) -> dict:
+    """onnxruntime CPU latency (median after a warm-up, THREADS threads) and the probe process's peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        npy = Path(tmp) / "input.npy"
+        np.save(npy, x)
+        done = subprocess.run([sys.executable, "-c", _CPU_PROBE, str(path), str(npy), str(runs), str(THREADS)],
+                              capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    if done.returncode != 0:
+        raise EvalError(f"{path}: the latency probe failed:\n{done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 class Row:
@@ -154,8 +195,6 @@ class Cache:
 def evaluate(model: str, variants: list[str] | None, data: Path | None, build_dir: Path, out: Path,
              use_torch: bool = True, limit: int | None = None, latency_runs: int = 5,
              progress: bool = True, log=print) -> dict:
-    from eval.latency import cpu_latency_ms
-
     manifest = load_manifest(build_dir, model)
     names = select_variants(manifest, variants)
     pre = _preprocessing(manifest)
@@ -204,12 +243,14 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
         missing = [row for row in rows if records[row.name] is None]
         if missing:
             x = preprocess(rgb, pre)
+            start = time.perf_counter()
             reference_alpha = reference.predict(x)
+            reference_seconds = time.perf_counter() - start
             for row in missing:
                 bar.set_postfix_str(f"{sample.name} · {row.name}")
                 start = time.perf_counter()
                 alpha = reference_alpha if row is reference else row.predict(x)
-                seconds = time.perf_counter() - start
+                seconds = reference_seconds if row is reference else time.perf_counter() - start
                 parity = compare([alpha], [reference_alpha], [sample.name])["images"][0]
                 alpha_full = alpha_to_image_size(alpha, rgb.shape[:2])
                 record = {"image": sample.name, "seconds": seconds,
@@ -254,15 +295,15 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
                                 "note": "torch eager, per-image wall time during the run"}
         else:
             entry["size"] = download_sizes(row.path, manifest["variants"][row.name], row.sha256)
-            latency_file = out / "cache" / f"latency-{row.sha256[:32]}-{latency_runs}.json"
+            latency_file = out / "cache" / f"cpu-{row.sha256[:32]}-{latency_runs}.json"
             if latency_file.is_file():
                 entry["latency"] = json.loads(latency_file.read_text())
             else:
                 if first_input is None:  # the first photo that could be evaluated
                     first = next(s for s in samples if s.name == images[0]["image"])
                     first_input = preprocess(load_sample(Sample(first.name, first.image, None))[0], pre)
-                log(f"latency: {row.name} (onnxruntime CPU, {THREADS} threads, median of {latency_runs})")
-                entry["latency"] = cpu_latency_ms(row.path, first_input, runs=latency_runs, threads=THREADS)
+                log(f"latency + peak memory: {row.name} (onnxruntime CPU, {THREADS} threads, median of {latency_runs})")
+                entry["latency"] = cpu_latency_and_memory(row.path, first_input, latency_runs)
                 atomic_write_bytes(latency_file, json.dumps(entry["latency"]).encode())
         results.append(entry)
 
