@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -202,3 +205,23 @@ def test_bad_requests_are_explained(tiny_build, tmp_path, capsys):
     assert run.main(["--model", "u2netp", "--build", str(tiny_build), "--data", str(empty),
                      "--out", str(tmp_path / "o")]) == 2
     assert f"{empty}: no usable image/mask pairs" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium (make setup-system)")
+def test_gallery_opens_in_chromium(tiny_build, messy_dataset, tmp_path):
+    out = tmp_path / "eval"
+    assert run.main(["--model", "u2netp", "--build", str(tiny_build), "--out", str(out), "--no-torch",
+                     "--data", str(messy_dataset), "--latency-runs", "1"]) == 0
+    # A copy of the page that records, once loaded, how many of its images failed to decode.
+    probe = out / "probe.html"
+    probe.write_text((out / "gallery.html").read_text().replace(
+        "</body>", "<script>addEventListener('load', () => { document.body.dataset.broken = [...document.images]"
+                   ".filter(i => !i.naturalWidth).length; document.body.dataset.total = document.images.length; });"
+                   "</script></body>"))
+    done = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", done.stdout).group(0)
+    assert 'data-broken="0"' in body
+    # 3 images x (photo + truth + 2 rows x (cutout + error map))
+    assert 'data-total="18"' in body
