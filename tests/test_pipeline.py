@@ -50,7 +50,8 @@ def test_every_variant_is_written_with_numbers(tiny_build):
         assert 0.0 <= info["parity"]["iou_worst"] <= info["parity"]["iou_mean"] <= 1.0
         assert info["cpu_latency_ms"] > 0
     sizes = {v: data["variants"][v]["bytes"] for v in ALL_VARIANTS}
-    assert sizes["fp16"] < 0.6 * sizes["fp32"] and sizes["int8w"] < 0.35 * sizes["fp32"]
+    # int8w keeps the full-resolution stages in fp16 (registry), a fifth of U^2-NetP's convs
+    assert sizes["fp16"] < 0.6 * sizes["fp32"] and sizes["int8w"] < 0.4 * sizes["fp32"]
     assert data["variants"]["fp32"]["parity"]["max_abs"] < 1e-4
     parity = json.loads((build / "parity.json").read_text())
     assert set(parity) == set(ALL_VARIANTS) and len(parity["fp32"]["images"]) == len(sample_photos())
