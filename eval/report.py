@@ -93,11 +93,11 @@ def _plots(report: dict, out: Path, rec: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    onnx = [r for r in report["rows"] if r["kind"] == "onnx"]
+    shown = [r for r in report["rows"] if r["kind"] in ("onnx", "peer")]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in onnx:
+    for r in shown:
         x, y = r["size"]["gzip_bytes"] / 1e6, quality_score(r)
-        ax.scatter([x], [y])
+        ax.scatter([x], [y], marker="o" if r["kind"] == "onnx" else "x")
         ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 5))
     ax.set_xlabel("download, gzip (MB)")
     ax.set_ylabel(rec["score"])

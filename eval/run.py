@@ -123,14 +123,16 @@ def cpu_latency_and_memory(path: Path, x: np.ndarray, runs: int) -> dict:
 class Row:
     """One compared model: an ONNX variant or the torch reference; ``predict`` maps a model input to alpha."""
 
-    def __init__(self, name: str, sha256: str, predict, path: Path | None = None):
-        self.name, self.sha256, self._predict, self.path = name, sha256, predict, path
+    def __init__(self, name: str, sha256: str, predict, path: Path | None = None, kind: str = "onnx",
+                 preprocess=None):
+        self.name, self.sha256, self._predict, self.path, self.kind = name, sha256, predict, path, kind
+        self.preprocess = preprocess  # rgb -> model input, for peers with their own preprocessing
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._predict(x), np.float32)[0, 0]
 
 
-def onnx_row(name: str, path: Path) -> Row:
+def onnx_row(name: str, path: Path, kind: str = "onnx", preprocess=None) -> Row:
     from export.torch_to_onnx import INPUT_NAME, cpu_session
 
     state = {}
@@ -140,7 +142,7 @@ def onnx_row(name: str, path: Path) -> Row:
             state["session"] = cpu_session(path, THREADS)
         return state["session"].run(None, {INPUT_NAME: x})[0]
 
-    return Row(name, sha256_file(path), predict, path)
+    return Row(name, sha256_file(path), predict, path, kind, preprocess)
 
 
 def torch_row(model_name: str, weights: Path) -> Row:
@@ -156,7 +158,7 @@ def torch_row(model_name: str, weights: Path) -> Row:
         from export.torch_to_onnx import reference_alpha
         return reference_alpha(state["model"], get_model_config(model_name), x)
 
-    return Row(TORCH_ROW, sha256_file(weights), predict, weights)
+    return Row(TORCH_ROW, sha256_file(weights), predict, weights, kind="torch")
 
 
 class Cache:
@@ -193,7 +195,7 @@ class Cache:
 
 
 def evaluate(model: str, variants: list[str] | None, data: Path | None, build_dir: Path, out: Path,
-             use_torch: bool = True, limit: int | None = None, latency_runs: int = 5,
+             use_torch: bool = True, peers: bool = False, limit: int | None = None, latency_runs: int = 5,
              progress: bool = True, log=print) -> dict:
     manifest = load_manifest(build_dir, model)
     names = select_variants(manifest, variants)
@@ -224,6 +226,11 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
         else:
             log(f"note: {torch_weights} missing, no torch row")
 
+    if peers:
+        from eval.peers import imgly_preprocess, peer_models
+        for name, path in peer_models(progress=progress).items():
+            rows.append(onnx_row(name, path, kind="peer", preprocess=imgly_preprocess))
+
     cache = Cache(out / "cache")
     with_gt = data is not None
     per_row: dict[str, list[dict]] = {row.name: [] for row in rows}
@@ -249,10 +256,15 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
             for row in missing:
                 bar.set_postfix_str(f"{sample.name} · {row.name}")
                 start = time.perf_counter()
-                alpha = reference_alpha if row is reference else row.predict(x)
+                alpha = reference_alpha if row is reference else row.predict(
+                    row.preprocess(rgb) if row.preprocess else x)
                 seconds = reference_seconds if row is reference else time.perf_counter() - start
-                parity = compare([alpha], [reference_alpha], [sample.name])["images"][0]
                 alpha_full = alpha_to_image_size(alpha, rgb.shape[:2])
+                if alpha.shape == reference_alpha.shape:
+                    parity = compare([alpha], [reference_alpha], [sample.name])["images"][0]
+                else:  # a peer at another input size: compare at the photo's size
+                    reference_full = alpha_to_image_size(reference_alpha, rgb.shape[:2])
+                    parity = compare([alpha_full], [reference_full], [sample.name])["images"][0]
                 record = {"image": sample.name, "seconds": seconds,
                           "parity": {k: parity[k] for k in ("max_abs", "mean_abs", "iou")}}
                 if gt is not None:
@@ -274,7 +286,7 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
         ious = [p["iou"] for p in parity_images]
         entry = {
             "name": row.name,
-            "kind": "torch" if row.name == TORCH_ROW else "onnx",
+            "kind": row.kind,
             "sha256": row.sha256,
             "file": row.path.name if row.path else None,
             "parity": {
@@ -294,16 +306,23 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
             entry["latency"] = {"median_ms": float(np.median([r["seconds"] for r in images]) * 1000),
                                 "note": "torch eager, per-image wall time during the run"}
         else:
-            entry["size"] = download_sizes(row.path, manifest["variants"][row.name], row.sha256)
+            size_file = out / "cache" / f"size-{row.sha256[:32]}.json"
+            if size_file.is_file():
+                entry["size"] = json.loads(size_file.read_text())
+            else:
+                entry["size"] = download_sizes(row.path, manifest["variants"].get(row.name, {}), row.sha256)
+                atomic_write_bytes(size_file, json.dumps(entry["size"]).encode())
             latency_file = out / "cache" / f"cpu-{row.sha256[:32]}-{latency_runs}.json"
             if latency_file.is_file():
                 entry["latency"] = json.loads(latency_file.read_text())
             else:
                 if first_input is None:  # the first photo that could be evaluated
                     first = next(s for s in samples if s.name == images[0]["image"])
-                    first_input = preprocess(load_sample(Sample(first.name, first.image, None))[0], pre)
+                    first_rgb = load_sample(Sample(first.name, first.image, None))[0]
+                    first_input = preprocess(first_rgb, pre)
                 log(f"latency + peak memory: {row.name} (onnxruntime CPU, {THREADS} threads, median of {latency_runs})")
-                entry["latency"] = cpu_latency_and_memory(row.path, first_input, latency_runs)
+                entry["latency"] = cpu_latency_and_memory(
+                    row.path, row.preprocess(first_rgb) if row.preprocess else first_input, latency_runs)
                 atomic_write_bytes(latency_file, json.dumps(entry["latency"]).encode())
         results.append(entry)
 
@@ -328,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", type=Path, default=Path("build"))
     parser.add_argument("--out", type=Path, help="default: <build>/eval/<model>")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch reference row (slow at 1024²)")
+    parser.add_argument("--peers", action="store_true",
+                        help="add imgly's small and medium ONNX (from the pinned npm package) with imgly's preprocessing")
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--latency-runs", type=int, default=5)
     parser.add_argument("--gallery", type=int, default=6, help="how many worst images the gallery shows")
@@ -339,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     try:
         report = evaluate(args.model, variants, args.data, args.build, out, use_torch=not args.no_torch,
-                          limit=args.limit, latency_runs=args.latency_runs)
+                          peers=args.peers, limit=args.limit, latency_runs=args.latency_runs)
     except (EvalError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

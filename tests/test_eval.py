@@ -225,3 +225,13 @@ def test_gallery_opens_in_chromium(tiny_build, messy_dataset, tmp_path):
     assert 'data-broken="0"' in body
     # 3 images x (photo + truth + 2 rows x (cutout + error map))
     assert 'data-total="18"' in body
+
+
+def test_imgly_peer_preprocessing():
+    from eval.peers import imgly_preprocess
+
+    rgb = np.full((30, 50, 3), 128, np.uint8)
+    rgb[:, :, 2] = 255
+    x = imgly_preprocess(rgb)
+    assert x.shape == (1, 3, 1024, 1024) and x.dtype == np.float32
+    assert np.allclose(x[0, 0], 0.0) and np.allclose(x[0, 2], 127 / 256)
