@@ -89,7 +89,11 @@ def _markdown(report: dict, rec: dict) -> str:
 
 
 def _plots(report: dict, out: Path, rec: dict) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # the tables and the gallery do not need it
+        print("note: matplotlib is not installed; size_vs_quality.png and latency.png were not written")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
