@@ -13,7 +13,7 @@ EXPORT_ARGS := --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(
 DIST ?= dist
 PORT ?= 8080
 
-.PHONY: setup setup-python setup-system setup-web export bundle serve bench-web test clean list
+.PHONY: setup setup-python setup-system setup-web export bundle serve bench-web eval test clean list
 
 setup: setup-python setup-system setup-web
 
@@ -59,6 +59,10 @@ serve: setup-python setup-system
 ## bench-web: cold/warm cut per variant in headless Chromium vs native onnxruntime
 bench-web: setup
 	$(PY) -m web_runtime.bench_web --dist $(DIST) --build build/$(MODEL)
+
+## eval: compare built variants on size, parity, quality (DATA=folder with images/ + masks/) and speed
+eval: setup-python
+	$(PY) -m eval.run --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(DATA),--data $(DATA)) $(EVAL_ARGS)
 
 ## test: the whole suite (unit, pipeline on a small model, real weights once, browser)
 test: setup
