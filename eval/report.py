@@ -66,7 +66,8 @@ def _markdown(report: dict, rec: dict) -> str:
     def describe(name):
         r = rows[name]
         return (f"`{name}` ({_mb(r['size']['gzip_bytes'])} MB gzip, {quality_score(r):.4f} {rec['score']}, "
-                f"{r['latency']['median_ms']:.0f} ms CPU)")
+                f"{r['latency']['median_ms']:.0f} ms CPU, IoU@0.5 vs fp32 mean {r['parity']['iou_mean']:.4f} / worst "
+                f"{r['parity']['iou_worst']:.4f} on {r['parity']['worst_image']})")
 
     source = f"`{report['data']}`" if report["data"] else "the scikit-image sample photos (parity only, no ground truth)"
     lines = [f"# Eval: {report['model']}", "",
