@@ -9,7 +9,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from web_runtime.serve import NginxServer
@@ -40,21 +39,13 @@ CUT_JS = """async ([variant, url, repeats]) => {
 
 
 def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> float:
+    """The same file in native onnxruntime (CPU), on the same input shape, for the browser/native ratio."""
     import numpy as np
-    import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    from eval.latency import cpu_latency_ms
+
     x = np.random.default_rng(0).standard_normal((1, 3, *size)).astype(np.float32)
-    session.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        session.run(None, {name: x})
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+    return cpu_latency_ms(onnx_path, x, runs=repeats, warmup=1, threads=threads)["median_ms"]
 
 
 def main(argv: list[str] | None = None) -> int:
