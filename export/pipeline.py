@@ -53,12 +53,9 @@ def _inputs(images: Sequence[Path], pre: Preprocessing) -> list[np.ndarray]:
 
 
 def _save_state(model: torch.nn.Module, path: Path) -> None:
-    atomic_write_bytes(path, _state_bytes(model))
-
-
-def _state_bytes(model: torch.nn.Module) -> bytes:
+    """The imported weights as safetensors (upstream key names), written atomically."""
     from safetensors.torch import save
-    return save({k: v.contiguous() for k, v in model.state_dict().items()})
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in model.state_dict().items()}))
 
 
 def _graph_outputs(graph: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -7,7 +7,6 @@ cache path where a user may place it by hand.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import tarfile
@@ -15,7 +14,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import Iterator
 
 from tqdm import tqdm
 
