@@ -161,6 +161,9 @@ def load_model(config: ModelConfig, weights: Path, weight_format: str | None = N
         state = state_dict_from_onnx(model, weights)
     else:
         state = read_state_dict(weights)
+        adapt = getattr(model, "adapt_checkpoint", None)  # the one seam for an architecture's format quirks
+        if adapt is not None:
+            state = adapt(state)
     return load_into(model, state, str(weights))
 
 
