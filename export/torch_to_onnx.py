@@ -11,7 +11,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.onnx_graph import drop_redundant_ceil_mode, explicit_conv_attributes, save_model, set_metadata
+from export.onnx_graph import (drop_redundant_ceil_mode, explicit_conv_attributes, runtime_session_config, save_model,
+                               set_metadata)
 from models.registry import ModelConfig
 
 OPSET = 17
@@ -82,4 +83,6 @@ def cpu_session(path: Path, threads: int = 2) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    for key, value in runtime_session_config(path).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

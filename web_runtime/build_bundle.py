@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from export.onnx_graph import runtime_session_config
+
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
 DEMO = HERE / "demo"
@@ -183,6 +185,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
                 "bytes": entry["bytes"], "sha256": entry["sha256"], "gzip_bytes": entry.get("gzip_bytes"),
                 "parity": entry.get("parity"), "cpu_latency_ms": entry.get("cpu_latency_ms"),
                 "backends": list(backends),
+                "session_config": runtime_session_config(onnx_path),
                 "chunks": split_variant(onnx_path, tmp / "chunks", chunk_bytes),
             }
 

@@ -85,7 +85,8 @@ async function init({ manifestUrl, variant, backend, maxPixels, numThreads }) {
   const modelBytes = await loadChunks(entry, base, signal);
   let used = useGpu ? 'webgpu' : 'wasm';
   let fallbackReason = wanted === 'auto' && !useGpu ? gpuReason : null;
-  const options = { graphOptimizationLevel: 'all' };
+  // Session config entries the pipeline found this graph needs (e.g. folding weight-only dequantization).
+  const options = { graphOptimizationLevel: 'all', extra: { ...(entry.session_config || {}) } };
   try {
     session = await ort.InferenceSession.create(modelBytes, { ...options, executionProviders: [used] });
   } catch (err) {
