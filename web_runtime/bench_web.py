@@ -1,7 +1,9 @@
 """Browser benchmark (`make bench-web`): per variant, in one headless Chromium run, cold first cut (download from
-the local nginx + session + inference) and warm cut, next to native onnxruntime on the same ONNX bytes.
+the local nginx + session + inference) and warm cut, next to native onnxruntime on the same ONNX bytes and
+to the peer @imgly/background-removal 1.7.0 (small, medium) on the same photo (web_runtime/peer_imgly.py).
 
     python -m web_runtime.bench_web --dist dist [--build build/isnet-imgly] [--variants int8,fp32] [--repeats 3]
+                                         [--peer small,medium | --peer '']
 """
 from __future__ import annotations
 
@@ -12,6 +14,22 @@ import sys
 from pathlib import Path
 
 from web_runtime.serve import NginxServer
+
+PEER_JS = """async ([model, url, repeats]) => {
+  const { removeBackground } = await import('/_peer/imgly/index.mjs');
+  const blob = await (await fetch(url)).blob();
+  const config = { publicPath: location.origin + '/_peer/data/', model, output: { format: 'image/png' } };
+  const t0 = performance.now();
+  await removeBackground(blob, config);
+  const cold = performance.now() - t0;
+  const warm = [];
+  for (let i = 0; i < repeats; i++) {
+    const s = performance.now();
+    await removeBackground(blob, config);
+    warm.push(performance.now() - s);
+  }
+  return { cold, warm, coi: self.crossOriginIsolated };
+}"""
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -48,6 +66,33 @@ def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> f
     return cpu_latency_ms(onnx_path, x, runs=repeats, warmup=1, threads=threads)["median_ms"]
 
 
+def _median_s(values: list[float]) -> float:
+    return statistics.median(values) / 1000
+
+
+def _stage_pages(dist: Path, image: Path, peer: bool) -> str | None:
+    """Write the bench pages (and the peer, if asked) into dist/_bench and dist/_peer; return why the peer
+    could not be staged, or None."""
+    bench = dist / "_bench"
+    bench.mkdir(exist_ok=True)
+    (bench / image.name).write_bytes(image.read_bytes())
+    (bench / "index.html").write_text("<!doctype html><title>bench</title>")
+    if not peer:
+        return None
+    from models.registry import get_model_config
+    from models.weights import cache_dir, fetch
+    from web_runtime.peer_imgly import PeerUnavailable, stage_peer
+    try:
+        data = fetch(get_model_config("isnet-imgly").sources[0], progress=True)
+        import_map = stage_peer(dist / "_peer", cache_dir() / "npm-peer", data)
+    except (PeerUnavailable, OSError) as err:
+        return str(err)
+    (dist / "_peer" / "index.html").write_text(
+        '<!doctype html><title>peer</title><script type="importmap">'
+        + json.dumps({"imports": {k: "/_peer/" + v for k, v in import_map["imports"].items()}}) + "</script>")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="web_runtime.bench_web", description=__doc__.split("\n")[0])
     parser.add_argument("--dist", default="dist")
@@ -55,25 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image", default="", help="photo to cut (default: scikit-image's astronaut.png)")
+    parser.add_argument("--peer", default="small,medium",
+                        help="@imgly/background-removal 1.7.0 models to time in the same run ('' to skip)")
     args = parser.parse_args(argv)
     dist = Path(args.dist)
     manifest = json.loads((dist / "manifest.json").read_text())
     variants = [v for v in args.variants.split(",") if v] or list(manifest["variants"])
+    peers = [m for m in args.peer.split(",") if m]
     image = Path(args.image) if args.image else None
     if image is None:
         from eval.images import sample_photos
         image = sample_photos()[0]
-    (dist / "_bench").mkdir(exist_ok=True)
-    (dist / "_bench" / image.name).write_bytes(image.read_bytes())
-    (dist / "_bench" / "index.html").write_text("<!doctype html><title>bench</title>")
     build = Path(args.build) if args.build else None
     build_manifest = json.loads((build / "manifest.json").read_text()) if build else None
 
     from playwright.sync_api import sync_playwright
-    rows = []
+    rows, peer_rows = [], []
     try:
+        peer_problem = _stage_pages(dist, image, bool(peers))
         with NginxServer(dist) as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            # Alternate ours and the peer so that load from other processes hits both alike.
             for variant in variants:
                 context = browser.new_context(bypass_csp=True)  # fresh cache: a real cold start
                 page = context.new_page()
@@ -85,21 +132,42 @@ def main(argv: list[str] | None = None) -> int:
                     native = native_ms(build / build_manifest["variants"][variant]["path"],
                                        manifest["preprocessing"]["input_size"], r["threads"] or 1, args.repeats)
                 rows.append((variant, manifest["variants"][variant]["bytes"], r, native))
+                print(f"  measured {variant}", file=sys.stderr, flush=True)
+            for model in peers if not peer_problem else []:
+                context = browser.new_context(bypass_csp=True)
+                page = context.new_page()
+                page.goto(server.url + "/_peer/index.html")
+                r = page.evaluate(PEER_JS, [model, f"/_bench/{image.name}", args.repeats])
+                context.close()
+                peer_rows.append((model, r))
+                print(f"  measured imgly {model}", file=sys.stderr, flush=True)
             browser.close()
     finally:
         import shutil
         shutil.rmtree(dist / "_bench", ignore_errors=True)
+        shutil.rmtree(dist / "_peer", ignore_errors=True)
 
     print(f"ClearCut {manifest['model']['name']} in headless Chromium, {image.name}, "
           f"threads={rows[0][2]['threads'] if rows else '?'}, cross-origin isolated={rows[0][2]['coi'] if rows else '?'}")
-    print(f"{'variant':<8}{'MiB':>8}{'cold s':>9}{'warm s':>9}{'infer s':>9}{'native s':>10}{'browser/native':>16}")
+    peer_warm = {m: _median_s(r["warm"]) for m, r in peer_rows}
+    ratio_heads = "".join(f"{'/imgly ' + m:>14}" for m in peer_warm)
+    print(f"{'variant':<14}{'MiB':>8}{'cold s':>9}{'warm s':>9}{'infer s':>9}{'native s':>10}{'browser/native':>16}"
+          + ratio_heads)
     for variant, size, r, native in rows:
-        warm = statistics.median(r["warm"]) / 1000
-        infer = statistics.median(r["inference"]) / 1000
+        warm = _median_s(r["warm"])
+        infer = _median_s(r["inference"])
         ratio = f"{infer * 1000 / native:.2f}" if native else "-"
         nat = f"{native / 1000:.2f}" if native else "-"
-        print(f"{variant:<8}{size / 2**20:8.1f}{r['cold'] / 1000:9.2f}{warm:9.2f}{infer:9.2f}{nat:>10}{ratio:>16}")
-    print("peer (@imgly/background-removal 1.7.0): not measured by this script yet")
+        mark = "*" if variant == manifest["default_variant"] else ""
+        versus = "".join(f"{warm / w:14.2f}" for w in peer_warm.values())
+        print(f"{variant + mark:<14}{size / 2**20:8.1f}{r['cold'] / 1000:9.2f}{warm:9.2f}{infer:9.2f}{nat:>10}{ratio:>16}"
+              + versus)
+    for model, r in peer_rows:
+        print(f"{'imgly ' + model:<14}{'':>8}{r['cold'] / 1000:9.2f}{peer_warm[model]:9.2f}")
+    print("* default variant. warm = a whole cut (decode, resize, inference, mask, PNG encode) with the session "
+          "loaded; infer = session.run only; last columns: our warm / imgly's warm in the same run.")
+    if peers and peer_problem:
+        print(f"peer (@imgly/background-removal 1.7.0) not measured: {peer_problem}")
     return 0
 
 
