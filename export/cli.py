@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             for name, cfg in REGISTRY.items():
                 mark = "*" if name == DEFAULT_MODEL else " "
-                print(f"{mark} {name:<18} {cfg.architecture:<7} {cfg.preprocessing.input_size[0]:>5}px  "
+                print(f"{mark} {name:<18} {cfg.architecture:<15} {cfg.preprocessing.input_size[0]:>5}px  "
                       f"{cfg.licence:<14} {cfg.description}")
         elif args.command == "pull":
             from models.weights import pull

@@ -94,7 +94,7 @@ def make_variant(variant: str, fp32: Path, target: Path, calibration: Sequence[P
                  config: ModelConfig) -> None:
     if variant == "fp16":
         from quantize.fp16 import to_fp16
-        to_fp16(fp32, target)
+        to_fp16(fp32, target, config.fp16_keep_fp32)
     elif variant == "int8w":
         from quantize.weight_only import to_int8_weights
         to_int8_weights(fp32, target, config.int8w_keep_fp16)
@@ -185,6 +185,8 @@ def run_export(opts: ExportOptions) -> dict:
         params = {"calibration": {p.name: sha256_file(p) for p in calibration}} if variant == "int8" else {}
         if variant == "int8w":
             params["keep_fp16"] = list(config.int8w_keep_fp16)
+        if variant == "fp16" and config.fp16_keep_fp32:
+            params["keep_fp32_ops"] = list(config.fp16_keep_fp32)
         manifest.stage(f"variant:{variant}", {"fp32": files["fp32"]}, params, {variant: files[variant]},
                        lambda v=variant: make_variant(v, files["fp32"], files[v], calibration, pre, config), log)
 

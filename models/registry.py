@@ -111,6 +111,9 @@ class ModelConfig:
     default_variants: tuple[str, ...] = SHIPPED_VARIANTS
     # Node-name substrings whose weights the int8w variant keeps in fp16: the layers int8 hurts most.
     int8w_keep_fp16: tuple[str, ...] = ()
+    # ONNX op types the fp16 variant computes in fp32 (onnxconverter-common's op block list, added to its
+    # defaults): normalisations and softmax whose sums overflow or lose precision in fp16.
+    fp16_keep_fp32: tuple[str, ...] = ()
     thresholds: dict[str, ParityThresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
 
     def build(self) -> nn.Module:
@@ -146,7 +149,19 @@ def _isnet() -> nn.Module:
     return ISNetDIS()
 
 
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {"u2net": _u2net, "u2netp": _u2netp, "isnet": _isnet}
+def _birefnet(spec_name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from models import birefnet
+        return birefnet.BiRefNet(getattr(birefnet, spec_name))
+    return build
+
+
+ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
+    "u2net": _u2net, "u2netp": _u2netp, "isnet": _isnet,
+    "birefnet-swin-l": _birefnet("BIREFNET_SWIN_L"),  # RMBG-2.0, BiRefNet general
+    "birefnet-swin-t": _birefnet("BIREFNET_SWIN_T"),  # BiRefNet_lite
+    "birefnet-tiny": _birefnet("BIREFNET_TINY"),  # tests only: same graph, small widths
+}
 
 _ISNET_PRE = Preprocessing(input_size=(1024, 1024), mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0))
 _U2NET_PRE = Preprocessing(input_size=(320, 320), mean=IMAGENET_MEAN, std=IMAGENET_STD, scale="max")
@@ -272,6 +287,65 @@ register(ModelConfig(
     licence="Apache-2.0",
     licence_note="U^2-Net human segmentation weights by Xuebin Qin et al. (xuebinqin/U-2-Net), Apache-2.0.",
     description="U^2-Net fine-tuned for human segmentation",
+))
+
+# BiRefNet family (ZhengPeng7/BiRefNet config.py; RMBG-2.0 model card): 1024², ImageNet mean/std on [0, 1]
+# RGB, the decoder's last map is a logit.
+_BIREFNET_PRE = Preprocessing(input_size=(1024, 1024), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+_BIREFNET_OUT = OutputSpec(select=(-1,), sigmoid_in_model=False)
+# Stem and full-resolution head: small layers that see the image itself.
+_BIREFNET_FULL_RES = ("/bb/patch_embed/", "/decoder/ipt_blk1/", "/decoder/conv_out1/")
+_BIREFNET_FP32_OPS = ("LayerNormalization", "Softmax", "GridSample")
+# Static int8 of window attention is not gated against real weights here (see README); ask for it explicitly.
+_BIREFNET_VARIANTS = ("fp32", "fp16", "int8w")
+
+
+def _birefnet_config(**fields) -> ModelConfig:
+    return ModelConfig(preprocessing=_BIREFNET_PRE, output=_BIREFNET_OUT, int8w_keep_fp16=_BIREFNET_FULL_RES,
+                       fp16_keep_fp32=_BIREFNET_FP32_OPS, default_variants=_BIREFNET_VARIANTS, **fields)
+
+
+register(_birefnet_config(
+    name="rmbg-2.0",
+    architecture="birefnet-swin-l",
+    sources=(WeightSource(
+        url="https://huggingface.co/briaai/RMBG-2.0/resolve/5df4c9c76d8170882c34f6986e848ee07fd0ba43/"
+            "model.safetensors",
+        sha256="566ed80c3d95f87ada6864d4cbe2290a1c5eb1c7bb0b123e984f60f76b02c3a7", size=884878856,
+        format="safetensors", filename="rmbg-2.0.safetensors",
+        note="gated on Hugging Face: accept BRIA's terms, download with a token, then place it in the cache "
+             "or pass WEIGHTS=; fp32 state dict with upstream BiRefNet key names"),),
+    licence="CC-BY-NC-4.0",
+    licence_note="BRIA RMBG-2.0 weights: Creative Commons Attribution-NonCommercial 4.0 — NON-COMMERCIAL use "
+                 "only; commercial use needs an agreement with BRIA AI. Architecture: BiRefNet (MIT).",
+    description="BRIA RMBG-2.0 (BiRefNet, Swin-L, 1024²), non-commercial",
+))
+
+register(_birefnet_config(
+    name="birefnet-general",
+    architecture="birefnet-swin-l",
+    sources=(WeightSource(
+        url="https://huggingface.co/ZhengPeng7/BiRefNet/resolve/e2bf8e4460fc8fa32bba5ea4d94b3233d367b0e4/"
+            "model.safetensors",
+        sha256="9ab37426bf4de0567af6b5d21b16151357149139362e6e8992021b8ce356a154", size=444473596,
+        format="safetensors", filename="birefnet-general.safetensors",
+        note="fp16 state dict (upcast on import); hash from third-party pins, see WEIGHT_SOURCES.md §6"),),
+    licence="MIT",
+    licence_note="BiRefNet by Peng Zheng et al. (ZhengPeng7/BiRefNet), MIT.",
+    description="BiRefNet general use (Swin-L, 1024²)",
+))
+
+register(_birefnet_config(
+    name="birefnet-lite",
+    architecture="birefnet-swin-t",
+    sources=(WeightSource(
+        url="https://huggingface.co/ZhengPeng7/BiRefNet_lite/resolve/7838f1c3472f827cd8ce13ab5ccc2ce48077360f/"
+            "model.safetensors",
+        sha256="4417d89795250e698c3cb0ae8df15743810065f646f48a694fdfa7ca052d0815", size=177634392,
+        format="safetensors", filename="birefnet-lite.safetensors"),),
+    licence="MIT",
+    licence_note="BiRefNet_lite by Peng Zheng et al. (ZhengPeng7/BiRefNet), MIT.",
+    description="BiRefNet_lite general use (Swin-T, 1024²)",
 ))
 
 DEFAULT_MODEL = "isnet-imgly"
