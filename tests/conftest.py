@@ -25,3 +25,33 @@ def cache(tmp_path, monkeypatch) -> Path:
     directory = tmp_path / "cache"
     monkeypatch.setenv("CLEARCUT_CACHE", str(directory))
     return directory
+
+
+@pytest.fixture(scope="session")
+def birefnet_tiny(tmp_path_factory):
+    """A test-only registry entry ``birefnet-tiny`` (BiRefNet graph, small widths; rmbg-2.0's preprocessing,
+    output and fp16/int8w settings) and an upstream-format checkpoint of random weights for it.
+
+    Gate thresholds a random-init model can meet: its logits sit near 0, so IoU@0.5 says little; the
+    gate's mechanics are what is tested. Offsets are small random numbers so that deformable sampling moves.
+    """
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from models.registry import ALL_VARIANTS, REGISTRY, ParityThresholds
+
+    loose = {v: ParityThresholds(max_abs=1e-4) if v == "fp32" else ParityThresholds(iou_mean=0.0) for v in ALL_VARIANTS}
+    config = dataclasses.replace(REGISTRY["rmbg-2.0"], name="birefnet-tiny", architecture="birefnet-tiny",
+                                 thresholds=loose, description="BiRefNet, tiny test configuration")
+    torch.manual_seed(0)
+    model = config.build()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "offset_conv" in name or "modulator_conv" in name:
+                param.normal_(std=0.02)
+    path = tmp_path_factory.mktemp("birefnet") / "birefnet_tiny.safetensors"
+    save_file({f"module.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    REGISTRY[config.name] = config
+    yield config, path
+    REGISTRY.pop(config.name, None)

@@ -19,13 +19,22 @@ UPSTREAM_KEYS = {
     "isnet": ["conv_in.weight", "conv_in.bias", "stage1.rebnconv6d.conv_s1.weight", "stage5d.rebnconv3d.bn_s1.bias",
               "side1.weight", "side6.bias"],
 }
+# ZhengPeng7/BiRefNet models/birefnet.py + backbones/swin_v1.py (shapes and the rest: tests/test_birefnet.py)
+_BIREFNET_KEYS = ["bb.patch_embed.proj.weight", "bb.layers.1.downsample.reduction.weight", "bb.norm3.bias",
+                  "squeeze_module.0.dec_att.aspp_deforms.2.atrous_conv.regular_conv.weight",
+                  "decoder.ipt_blk5.conv1.weight", "decoder.gdt_convs_attn_4.0.weight", "decoder.conv_out1.0.bias"]
+UPSTREAM_KEYS.update({arch: _BIREFNET_KEYS for arch in ("birefnet-swin-l", "birefnet-swin-t", "birefnet-tiny")})
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_upstream_key_names(arch):
-    keys = set(ARCHITECTURES[arch]().state_dict())
+    with torch.device("meta"):  # names only: Swin-L's 220M parameters need not be initialised
+        keys = set(ARCHITECTURES[arch]().state_dict())
     assert set(UPSTREAM_KEYS[arch]) <= keys
-    assert not any(k.startswith("outconv") for k in keys) if arch == "isnet" else "outconv.weight" in keys
+    if arch.startswith("birefnet"):
+        assert "bb.layers.3.blocks.1.attn.relative_position_index" in keys
+    else:
+        assert not any(k.startswith("outconv") for k in keys) if arch == "isnet" else "outconv.weight" in keys
 
 
 def test_isnet_has_119_convs_and_u2net_sizes():
@@ -36,7 +45,7 @@ def test_isnet_has_119_convs_and_u2net_sizes():
     assert 1_130_000 < params["u2netp"] < 1_140_000  # 4.7 MB
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("arch", sorted(ARCH_MODEL))  # BiRefNet's round trips: tests/test_birefnet.py
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
 def test_strict_load_roundtrip(arch, fmt, tmp_path):
     config = get_model_config(ARCH_MODEL[arch])
