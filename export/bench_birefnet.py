@@ -1,0 +1,222 @@
+"""Benchmark the BiRefNet family at full size with random weights: export, variants, CPU inference.
+
+    python -m export.bench_birefnet --config rmbg-2.0 --size 1024 [--variants fp32,fp16,int8w,int8]
+
+Not a test: it takes minutes and GBs. Each step runs in its own process so that its peak RSS is its own.
+Prints, per step, wall time and peak RSS; per variant, file size, node count, onnxruntime CPU session
+creation and latency at the given size, agreement with fp32 on a photo; and the WebGPU-safety checks of
+the fp32 graph (static shapes, Concat/Split fan-in, explicit Conv attributes, op types).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import multiprocessing as mp
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+# WebGPU's default maxStorageBuffersPerShaderStage is 8: one binding per input plus the output.
+WEBGPU_MAX_INPUTS = 7
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _child(step, args: dict, queue) -> None:
+    started = time.perf_counter()
+    try:
+        result = step(**args) or {}
+        result["ok"] = True
+    except BaseException as err:  # reported, not raised: the benchmark goes on with the next step
+        result = {"ok": False, "error": f"{type(err).__name__}: {err}"[:400]}
+    result.update(seconds=round(time.perf_counter() - started, 1), peak_rss_mb=round(_peak_rss_mb()))
+    queue.put(result)
+
+
+def run_step(name: str, step, **args) -> dict:
+    """Run ``step(**args)`` in a fresh process; its wall time and peak RSS are added to its result."""
+    queue = mp.get_context("spawn").Queue()
+    process = mp.get_context("spawn").Process(target=_child, args=(step, args, queue))
+    process.start()
+    process.join()
+    result = queue.get() if not queue.empty() else {"ok": False, "error": f"exit code {process.exitcode}"}
+    status = "ok" if result["ok"] else f"FAILED ({result['error']})"
+    print(f"[{name}] {result['seconds']:.1f} s, peak RSS {result['peak_rss_mb'] / 1024:.2f} GB, {status}", flush=True)
+    return result
+
+
+def random_model(config_name: str, seed: int = 0):
+    """The registry architecture with random weights; offsets small so that deformable sampling moves."""
+    import torch
+    from models.registry import get_model_config
+
+    torch.manual_seed(seed)
+    model = get_model_config(config_name).build().eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "offset_conv" in name or "modulator_conv" in name:
+                param.normal_(std=0.01)
+    return model
+
+
+def step_export(config_name: str, size: int, path: str) -> dict:
+    from export.torch_to_onnx import export_onnx
+    from models.registry import get_model_config
+
+    model = random_model(config_name)
+    params = sum(p.numel() for p in model.parameters())
+    export_onnx(model, get_model_config(config_name), Path(path), (size, size))
+    return {"params": params}
+
+
+def step_torch_forward(config_name: str, size: int) -> dict:
+    import torch
+
+    model = random_model(config_name)
+    x = torch.zeros(1, 3, size, size)
+    with torch.inference_mode():
+        started = time.perf_counter()
+        model(x)
+    return {"forward_s": round(time.perf_counter() - started, 1)}
+
+
+def step_variant(config_name: str, variant: str, fp32: str, path: str) -> dict:
+    from export.pipeline import make_variant
+    from eval.images import sample_photos
+    from models.registry import get_model_config
+
+    config = get_model_config(config_name)
+    photos = sample_photos()[:1]  # one calibration image: bounds the int8 calibration's memory and time
+    size = _onnx_size(Path(fp32))
+    make_variant(variant, Path(fp32), Path(path), photos, replace(config.preprocessing, input_size=(size, size)),
+                 config)
+    return {}
+
+
+def _onnx_size(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+
+
+def step_run(config_name: str, path: str, out: str, runs: int) -> dict:
+    import numpy as np
+    from eval.images import load_rgb, preprocess, sample_photos
+    from export.torch_to_onnx import cpu_session
+    from models.registry import get_model_config
+
+    size = _onnx_size(Path(path))
+    pre = replace(get_model_config(config_name).preprocessing, input_size=(size, size))
+    x = preprocess(load_rgb(sample_photos()[0]), pre)
+    started = time.perf_counter()
+    session = cpu_session(Path(path))
+    load_s = time.perf_counter() - started
+    times = []
+    alpha = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        alpha = session.run(None, {"input": x})[0]
+        times.append(time.perf_counter() - started)
+    np.save(out, alpha)
+    return {"session_s": round(load_s, 1), "latency_s": [round(t, 2) for t in times]}
+
+
+def graph_report(path: Path) -> dict:
+    """Node counts and the WebGPU-safety checks of one graph."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(path))
+    ops = collections.Counter(n.op_type for n in model.graph.node)
+    inferred = shape_inference.infer_shapes(model)
+    dynamic = []
+    for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape") or any(not d.HasField("dim_value") for d in tensor.shape.dim):
+            dynamic.append(value.name)
+    concat_max = max((len(n.input) for n in model.graph.node if n.op_type == "Concat"), default=0)
+    split_max = max((len(n.output) for n in model.graph.node if n.op_type == "Split"), default=0)
+    conv_missing = [n.name for n in model.graph.node if n.op_type == "Conv"
+                    and not {"kernel_shape", "strides", "pads", "dilations", "group"} <= {a.name for a in n.attribute}]
+    return {
+        "nodes": len(model.graph.node), "ops": dict(ops.most_common()),
+        "static_shapes": not dynamic, "dynamic_tensors": dynamic[:5],
+        "concat_max_inputs": concat_max, "split_max_outputs": split_max,
+        "webgpu_fan_in_ok": concat_max <= WEBGPU_MAX_INPUTS and split_max <= WEBGPU_MAX_INPUTS,
+        "conv_without_explicit_attrs": len(conv_missing),
+        "gather_or_scatter": sum(c for op, c in ops.items() if op.startswith(("Gather", "Scatter"))),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="rmbg-2.0")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--variants", default="fp32,fp16,int8w")
+    parser.add_argument("--runs", type=int, default=2, help="onnxruntime CPU runs per variant")
+    parser.add_argument("--out", default="build/bench")
+    parser.add_argument("--torch", action="store_true", help="also time one torch forward")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    out = Path(args.out) / f"{args.config}-{args.size}"
+    out.mkdir(parents=True, exist_ok=True)
+    files = {v: out / f"{args.config}.{v}.onnx" for v in args.variants.split(",")}
+    report: dict = {"config": args.config, "size": args.size, "steps": {}, "variants": {}}
+    if args.torch:
+        report["steps"]["torch_forward"] = run_step("torch forward", step_torch_forward, config_name=args.config,
+                                                    size=args.size)
+    report["steps"]["export"] = run_step("export fp32", step_export, config_name=args.config, size=args.size,
+                                         path=str(files["fp32"]))
+    if not report["steps"]["export"]["ok"]:
+        print(json.dumps(report, indent=2))
+        return 1
+    for variant, path in files.items():
+        if variant != "fp32":
+            report["steps"][f"variant:{variant}"] = run_step(f"make {variant}", step_variant, config_name=args.config,
+                                                             variant=variant, fp32=str(files["fp32"]), path=str(path))
+    reference = None
+    for variant, path in files.items():
+        if not path.exists():
+            continue
+        alpha_file = out / f"alpha.{variant}.npy"
+        run = run_step(f"run {variant}", step_run, config_name=args.config, path=str(path), out=str(alpha_file),
+                       runs=args.runs)
+        entry = {"bytes": path.stat().st_size, "run": run, **graph_report(path)}
+        if run["ok"]:
+            alpha = np.load(alpha_file)
+            if variant == "fp32":
+                reference = alpha
+            elif reference is not None:
+                a, b = alpha >= 0.5, reference >= 0.5
+                union = np.logical_or(a, b).sum()
+                entry["vs_fp32"] = {"max_abs": float(np.abs(alpha - reference).max()),
+                                    "iou": float(np.logical_and(a, b).sum() / union) if union else 1.0}
+        report["variants"][variant] = entry
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    print(f"\n{args.config} at {args.size}² (random weights), {out}")
+    print(f"{'variant':<7} {'MB':>8} {'nodes':>6} {'session s':>9} {'run s':>12} {'RSS GB':>7} {'max abs':>9} "
+          f"{'IoU':>7}")
+    for variant, e in report["variants"].items():
+        run, vs = e["run"], e.get("vs_fp32", {})
+        runs = "/".join(f"{t:.1f}" for t in run.get("latency_s", [])) or "-"
+        print(f"{variant:<7} {e['bytes'] / 1e6:>8.1f} {e['nodes']:>6} {run.get('session_s', float('nan')):>9.1f} "
+              f"{runs:>12} {run['peak_rss_mb'] / 1024:>7.2f} {vs.get('max_abs', 0):>9.2e} {vs.get('iou', 1):>7.4f}")
+    g = report["variants"]["fp32"]
+    print(f"WebGPU checks (fp32): static shapes {g['static_shapes']}, Concat max inputs {g['concat_max_inputs']}, "
+          f"Split max outputs {g['split_max_outputs']} (limit {WEBGPU_MAX_INPUTS}), Conv without explicit "
+          f"attributes {g['conv_without_explicit_attrs']}, Gather/Scatter nodes {g['gather_or_scatter']}")
+    print("ops:", ", ".join(f"{k} {v}" for k, v in g["ops"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
