@@ -42,17 +42,18 @@ CUT_JS = """async ([variant, url, repeats]) => {
   const loaded = performance.now();
   await cutter.cut(blob, { format: 'raw' });
   const cold = performance.now() - t0;
-  const warm = [], inference = [];
+  const warm = [], inference = [], stages = [];
   for (let i = 0; i < repeats; i++) {
     const timing = {};
     const s = performance.now();
     await cutter.cut(blob, { format: 'png', timing });
     warm.push(performance.now() - s);
     inference.push(timing.inferenceMs);
+    stages.push(timing);
   }
   const info = cutter.info;
   cutter.dispose();
-  return { cold, load: loaded - t0, warm, inference, threads: info.threads, coi: info.crossOriginIsolated };
+  return { cold, load: loaded - t0, warm, inference, stages, threads: info.threads, coi: info.crossOriginIsolated };
 }"""
 
 
@@ -68,6 +69,18 @@ def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> f
 
 def _median_s(values: list[float]) -> float:
     return statistics.median(values) / 1000
+
+
+def _upscaled(image: Path, megapixels: float) -> Path:
+    import tempfile
+
+    from PIL import Image
+    with Image.open(image) as im:
+        scale = (megapixels * 1e6 / (im.width * im.height)) ** 0.5
+        big = im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
+    out = Path(tempfile.mkdtemp(prefix="clearcut-bench-")) / f"{image.stem}-{megapixels:g}mp.jpg"
+    big.save(out, quality=90)
+    return out
 
 
 def _stage_pages(dist: Path, image: Path, peer: bool) -> str | None:
@@ -100,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image", default="", help="photo to cut (default: scikit-image's astronaut.png)")
+    parser.add_argument("--megapixels", type=float, default=0,
+                        help="upscale the photo to about this many megapixels (JPEG) to time a camera-sized cut")
     parser.add_argument("--peer", default="small,medium",
                         help="@imgly/background-removal 1.7.0 models to time in the same run ('' to skip)")
     args = parser.parse_args(argv)
@@ -111,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if image is None:
         from eval.images import sample_photos
         image = sample_photos()[0]
+    if args.megapixels:
+        image = _upscaled(image, args.megapixels)
     build = Path(args.build) if args.build else None
     build_manifest = json.loads((build / "manifest.json").read_text()) if build else None
 
@@ -162,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         versus = "".join(f"{warm / w:14.2f}" for w in peer_warm.values())
         print(f"{variant + mark:<14}{size / 2**20:8.1f}{r['cold'] / 1000:9.2f}{warm:9.2f}{infer:9.2f}{nat:>10}{ratio:>16}"
               + versus)
+    print("where a warm cut's time goes (ms, median): "
+          + "; ".join(f"{v}: " + ", ".join(f"{k[:-2]} {statistics.median(t[k] for t in r['stages']):.0f}"
+                                         for k in ("decodeMs", "preprocessMs", "inferenceMs", "postprocessMs", "encodeMs"))
+                      for v, _, r, _ in rows))
     for model, r in peer_rows:
         print(f"{'imgly ' + model:<14}{'':>8}{r['cold'] / 1000:9.2f}{peer_warm[model]:9.2f}")
     print("* default variant. warm = a whole cut (decode, resize, inference, mask, PNG encode) with the session "

@@ -47,7 +47,8 @@ export interface CutOptions {
   refine?: boolean;
   signal?: AbortSignal;
   /** Filled with the model inference time of this cut. */
-  timing?: { inferenceMs?: number };
+  /** Filled in after the cut: milliseconds per stage inside the worker. */
+  timing?: { decodeMs?: number; preprocessMs?: number; inferenceMs?: number; postprocessMs?: number; encodeMs?: number; totalMs?: number };
 }
 
 export interface CutterInfo {

@@ -67,7 +67,7 @@ export async function createCutter(options = {}) {
       const { signal, ...rest } = cutOptions;
       const { source, transfer } = await toTransferable(input, signal);
       const result = await call('cut', { source, options: rest }, transfer, signal);
-      if (cutOptions.timing) cutOptions.timing.inferenceMs = result.timing.inferenceMs;
+      if (cutOptions.timing) Object.assign(cutOptions.timing, result.timing);
       return result.image || result.blob;
     },
     memory() { return call('memory'); },

@@ -268,15 +268,17 @@ async function cut({ id, source, options }) {
   if (!['png', 'webp', 'jpeg', 'raw'].includes(format)) throw new ClearCutError('options', `Unknown format "${format}".`);
   const colour = output === 'color' || (output === 'cutout' && format === 'jpeg') ? parseColor(options.color) : null;
 
+  const clock = [performance.now()];
   const { rgba, width, height } = await decode(source);
+  clock.push(performance.now());
   checkCancelled(id);
   const pre = manifest.preprocessing;
   const [mh, mw] = pre.input_size;
   const rgb = resizeRGB8(rgba, width, height, mw, mh);
   const input = new ort.Tensor('float32', normalise(rgb, mw, mh, pre), [1, 3, mh, mw]);
-  const t0 = performance.now();
+  clock.push(performance.now());
   const outputs = await session.run({ [manifest.output.input_name]: input });
-  const inferenceMs = performance.now() - t0;
+  clock.push(performance.now());
   const alphaTensor = outputs[manifest.output.output_name];
   const alphaSmall = Float32Array.from(alphaTensor.data); // copy out before the tensor is released
   for (const t of Object.values(outputs)) t.dispose?.();
@@ -299,12 +301,18 @@ async function cut({ id, source, options }) {
     }
   }
   const image = new ImageData(out, width, height);
-  const timing = { inferenceMs };
-  if (format === 'raw') return { result: { image, timing }, transfer: [out.buffer] };
+  clock.push(performance.now());
+  // Where the time of a cut goes (ms): decode, resize+normalise, session.run, mask+refine+compose, encode.
+  const stages = (encoded) => {
+    if (encoded) clock.push(performance.now());
+    const [decodeMs, preprocessMs, inferenceMs, postprocessMs, encodeMs = 0] = clock.slice(1).map((t, i) => t - clock[i]);
+    return { decodeMs, preprocessMs, inferenceMs, postprocessMs, encodeMs, totalMs: clock.at(-1) - clock[0] };
+  };
+  if (format === 'raw') return { result: { image, timing: stages(false) }, transfer: [out.buffer] };
   const canvas = new OffscreenCanvas(width, height);
   canvas.getContext('2d').putImageData(image, 0, 0);
   const blob = await canvas.convertToBlob({ type: `image/${format}`, quality: options.quality ?? 0.92 });
-  return { result: { blob, timing }, transfer: [] };
+  return { result: { blob, timing: stages(true) }, transfer: [] };
 }
 
 /**
