@@ -44,7 +44,9 @@ def run_step(name: str, step, **args) -> dict:
     process = mp.get_context("spawn").Process(target=_child, args=(step, args, queue))
     process.start()
     process.join()
-    result = queue.get() if not queue.empty() else {"ok": False, "error": f"exit code {process.exitcode}"}
+    result = queue.get() if not queue.empty() else {
+        "ok": False, "error": f"exit code {process.exitcode}" + (" (killed: out of memory?)" if process.exitcode == -9 else ""),
+        "seconds": float("nan"), "peak_rss_mb": float("nan")}
     status = "ok" if result["ok"] else f"FAILED ({result['error']})"
     print(f"[{name}] {result['seconds']:.1f} s, peak RSS {result['peak_rss_mb'] / 1024:.2f} GB, {status}", flush=True)
     return result
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=2, help="onnxruntime CPU runs per variant")
     parser.add_argument("--out", default="build/bench")
     parser.add_argument("--torch", action="store_true", help="also time one torch forward")
+    parser.add_argument("--reuse", action="store_true", help="keep graphs already in --out (only run them)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -173,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.torch:
         report["steps"]["torch_forward"] = run_step("torch forward", step_torch_forward, config_name=args.config,
                                                     size=args.size)
-    report["steps"]["export"] = run_step("export fp32", step_export, config_name=args.config, size=args.size,
-                                         path=str(files["fp32"]))
-    if not report["steps"]["export"]["ok"]:
+    if not (args.reuse and files["fp32"].exists()):
+        report["steps"]["export"] = run_step("export fp32", step_export, config_name=args.config, size=args.size,
+                                             path=str(files["fp32"]))
+    if not files["fp32"].exists():
         print(json.dumps(report, indent=2))
         return 1
     for variant, path in files.items():
-        if variant != "fp32":
+        if variant != "fp32" and not (args.reuse and path.exists()):
             report["steps"][f"variant:{variant}"] = run_step(f"make {variant}", step_variant, config_name=args.config,
                                                              variant=variant, fp32=str(files["fp32"]), path=str(path))
     reference = None
