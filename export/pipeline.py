@@ -146,7 +146,7 @@ def run_export(opts: ExportOptions) -> dict:
         model = load_model(config, weights, weight_format)
         result = {}
         if weights.suffix == ".onnx":
-            check = result["import_check"] = check_import(config, model, weights, images, pre, build)
+            check = result["import_check"] = check_import(config, model, weights, images, config.preprocessing, build)
             for label, numbers in check.items():
                 log(f"  import check {label}: max abs {numbers['max_abs']:.2e}, IoU mean {numbers['iou_mean']:.6f}"
                     f" worst {numbers['iou_worst']:.6f}")
