@@ -98,3 +98,17 @@ def runtime_session_config(path_or_model: Path | onnx.ModelProto) -> dict[str, s
     if "DequantizeLinear" in ops and "QuantizeLinear" not in ops and "DynamicQuantizeLinear" not in ops:
         return {"session.disable_quant_qdq": "1"}
     return {}
+
+
+def webgpu_features(path_or_model: Path | onnx.ModelProto) -> list[str]:
+    """WebGPU device features a graph needs: `shader-f16` when it computes in fp16 (a Cast to float16 of a
+    computed tensor, as the fp16 variant does after its fp32 input). Weights stored in fp16 and cast up to
+    fp32 (int8w's kept layers) do not need it: the casts of initializers fold at load time."""
+    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model), load_external_data=False)
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    for node in model.graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and to == onnx.TensorProto.FLOAT16 and node.input[0] not in constants:
+            return ["shader-f16"]
+    return []

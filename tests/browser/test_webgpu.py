@@ -53,3 +53,17 @@ def test_auto_avoids_software_adapter(gpu_harness):
     if gpu_harness.adapter["fallback"]:
         assert info["backend"] == "wasm" and "software" in info["fallbackReason"], info
     assert gpu_harness.cut(sample_photos()[1].read_bytes())["ok"]
+
+
+def test_fp16_variant_needs_shader_f16(gpu_harness, tiny_build):
+    """The fp16 variant computes in fp16: on an adapter without `shader-f16` (SwiftShader) an explicit
+    WebGPU request fails with a message naming the missing feature, not a shader compiler error."""
+    manifest = json.loads((gpu_harness.page.evaluate("async () => JSON.stringify(await (await fetch('/tiny/manifest.json')).json())")))
+    assert manifest["variants"]["fp16"]["webgpu_features"] == ["shader-f16"]
+    assert manifest["variants"]["fp32"]["webgpu_features"] == []
+    has_f16 = gpu_harness.page.evaluate("async () => (await navigator.gpu.requestAdapter()).features.has('shader-f16')")
+    info = gpu_harness.load("tiny", variant="fp16", backend="webgpu")
+    if has_f16:
+        assert info["ok"] and info["backend"] == "webgpu", info
+    else:
+        assert not info["ok"] and info["code"] == "backend" and "shader-f16" in info["message"], info

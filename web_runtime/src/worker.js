@@ -1,6 +1,7 @@
 // ClearCut inference worker (module worker). Fetches and verifies the model chunks, runs onnxruntime-web,
 // and does all pixel work off the main thread. Image bytes never leave this worker except back to the page.
 import { ClearCutError, sniffImage, resizeRGB8, resizeFloat, normalise } from './imaging.js';
+import { refineEdges, wantRefine } from './refine.js';
 
 const CACHE_NAME = 'clearcut-chunks-v1';
 const FETCH_ATTEMPTS = 3;
@@ -108,6 +109,8 @@ async function webgpuProblem(entry, autoMode) {
   if (!adapter) return 'no WebGPU adapter';
   const fallback = adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter;
   if (autoMode && fallback) return 'only a software (fallback) WebGPU adapter';
+  const missing = (entry.webgpu_features || []).filter((f) => !adapter.features.has(f));
+  if (missing.length) return `the WebGPU adapter lacks ${missing.join(', ')}, which this variant needs (pick an fp32 or int8 variant)`;
   return null;
 }
 
@@ -286,7 +289,7 @@ async function cut({ id, source, options }) {
   checkCancelled(id);
 
   const alpha = resizeFloat(alphaSmall, mw, mh, width, height);
-  if (options.refine) refineAlpha(alpha, rgba, width, height);
+  if (wantRefine(options.refine, manifest.refine, width, height, pre.input_size)) refineEdges(alpha, rgba, width, height, manifest.refine);
   const out = new Uint8ClampedArray(width * height * 4);
   for (let i = 0, p = 0; i < alpha.length; i++, p += 4) {
     const a = alpha[i] <= 0 ? 0 : alpha[i] >= 1 ? 1 : alpha[i];
@@ -313,52 +316,4 @@ async function cut({ id, source, options }) {
   canvas.getContext('2d').putImageData(image, 0, 0);
   const blob = await canvas.convertToBlob({ type: `image/${format}`, quality: options.quality ?? 0.92 });
   return { result: { blob, timing: stages(true) }, transfer: [] };
-}
-
-/**
- * Edge refinement: a guided filter (He et al.) with the image's luminance as guide, at full resolution,
- * applied only where the mask is uncertain so that confident foreground/background stay untouched.
- */
-function refineAlpha(alpha, rgba, width, height) {
-  const n = width * height;
-  const radius = Math.max(2, Math.round(Math.min(width, height) / 256));
-  const eps = 1e-3;
-  const guide = new Float32Array(n);
-  for (let i = 0, p = 0; i < n; i++, p += 4) guide[i] = (0.299 * rgba[p] + 0.587 * rgba[p + 1] + 0.114 * rgba[p + 2]) / 255;
-  const mean = (src) => boxFilter(src, width, height, radius);
-  const gp = new Float32Array(n), gg = new Float32Array(n);
-  for (let i = 0; i < n; i++) { gp[i] = guide[i] * alpha[i]; gg[i] = guide[i] * guide[i]; }
-  const mI = mean(guide), mP = mean(alpha), mIP = mean(gp), mII = mean(gg);
-  const a = new Float32Array(n), b = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    const cov = mIP[i] - mI[i] * mP[i], v = mII[i] - mI[i] * mI[i];
-    a[i] = cov / (v + eps); b[i] = mP[i] - a[i] * mI[i];
-  }
-  const mA = mean(a), mB = mean(b);
-  for (let i = 0; i < n; i++) {
-    const p = alpha[i];
-    if (p > 0.02 && p < 0.98) alpha[i] = Math.min(1, Math.max(0, mA[i] * guide[i] + mB[i]));
-  }
-}
-
-function boxFilter(src, width, height, r) {
-  const tmp = new Float32Array(src.length), dst = new Float32Array(src.length);
-  for (let y = 0; y < height; y++) {
-    const row = y * width;
-    let s = 0;
-    for (let x = -r; x <= r; x++) s += src[row + Math.min(width - 1, Math.max(0, x))];
-    for (let x = 0; x < width; x++) {
-      tmp[row + x] = s / (2 * r + 1);
-      s += src[row + Math.min(width - 1, x + r + 1)] - src[row + Math.max(0, x - r)];
-    }
-  }
-  for (let x = 0; x < width; x++) {
-    let s = 0;
-    for (let y = -r; y <= r; y++) s += tmp[Math.min(height - 1, Math.max(0, y)) * width + x];
-    for (let y = 0; y < height; y++) {
-      dst[y * width + x] = s / (2 * r + 1);
-      s += tmp[Math.min(height - 1, y + r + 1) * width + x] - tmp[Math.max(0, y - r) * width + x];
-    }
-  }
-  return dst;
 }
