@@ -67,6 +67,21 @@ def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> f
     return cpu_latency_ms(onnx_path, x, runs=repeats, warmup=1, threads=threads)["median_ms"]
 
 
+def node_wasm_ms(onnx_path: Path, size: list[int], threads: int, repeats: int, session_config: dict) -> float | None:
+    """The same file in onnxruntime-web's WASM engine under Node (no browser): None when node is missing."""
+    import shutil
+    import subprocess
+    if not shutil.which("node"):
+        return None
+    script = Path(__file__).with_name("bench_node_wasm.mjs")
+    done = subprocess.run(["node", str(script), str(Path(onnx_path).resolve()), str(size[0]), str(size[1]), str(threads), str(repeats),
+                           json.dumps(session_config)], capture_output=True, text=True, cwd=script.parent)
+    if done.returncode != 0:
+        print(f"  node wasm run failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])["median_ms"]
+
+
 def _median_s(values: list[float]) -> float:
     return statistics.median(values) / 1000
 
@@ -144,11 +159,14 @@ def main(argv: list[str] | None = None) -> int:
                 page.goto(server.url + "/_bench/index.html")
                 r = page.evaluate(CUT_JS, [variant, f"/_bench/{image.name}", args.repeats])
                 context.close()
-                native = None
+                native = node = None
                 if build_manifest and variant in build_manifest["variants"]:
-                    native = native_ms(build / build_manifest["variants"][variant]["path"],
-                                       manifest["preprocessing"]["input_size"], r["threads"] or 1, args.repeats)
-                rows.append((variant, manifest["variants"][variant]["bytes"], r, native))
+                    path = build / build_manifest["variants"][variant]["path"]
+                    size, threads = manifest["preprocessing"]["input_size"], r["threads"] or 1
+                    native = native_ms(path, size, threads, args.repeats)
+                    node = node_wasm_ms(path, size, threads, args.repeats,
+                                        manifest["variants"][variant].get("session_config", {}))
+                rows.append((variant, manifest["variants"][variant]["bytes"], r, native, node))
                 print(f"  measured {variant}", file=sys.stderr, flush=True)
             for model in peers if not peer_problem else []:
                 context = browser.new_context(bypass_csp=True)
@@ -169,24 +187,28 @@ def main(argv: list[str] | None = None) -> int:
     peer_warm = {m: _median_s(r["warm"]) for m, r in peer_rows}
     ratio_heads = "".join(f"{'/imgly ' + m:>14}" for m in peer_warm)
     print(f"{'variant':<14}{'MiB':>8}{'cold s':>9}{'warm s':>9}{'infer s':>9}{'native s':>10}{'browser/native':>16}"
-          + ratio_heads)
-    for variant, size, r, native in rows:
+          f"{'node-wasm s':>13}{'browser/wasm':>14}" + ratio_heads)
+    for variant, size, r, native, node in rows:
         warm = _median_s(r["warm"])
         infer = _median_s(r["inference"])
         ratio = f"{infer * 1000 / native:.2f}" if native else "-"
         nat = f"{native / 1000:.2f}" if native else "-"
+        wasm = f"{node / 1000:.2f}" if node else "-"
+        wasm_ratio = f"{infer * 1000 / node:.2f}" if node else "-"
         mark = "*" if variant == manifest["default_variant"] else ""
         versus = "".join(f"{warm / w:14.2f}" for w in peer_warm.values())
         print(f"{variant + mark:<14}{size / 2**20:8.1f}{r['cold'] / 1000:9.2f}{warm:9.2f}{infer:9.2f}{nat:>10}{ratio:>16}"
-              + versus)
+              f"{wasm:>13}{wasm_ratio:>14}" + versus)
     print("where a warm cut's time goes (ms, median): "
           + "; ".join(f"{v}: " + ", ".join(f"{k[:-2]} {statistics.median(t[k] for t in r['stages']):.0f}"
                                          for k in ("decodeMs", "preprocessMs", "inferenceMs", "postprocessMs", "encodeMs"))
-                      for v, _, r, _ in rows))
+                      for v, _, r, _, _ in rows))
     for model, r in peer_rows:
         print(f"{'imgly ' + model:<14}{'':>8}{r['cold'] / 1000:9.2f}{peer_warm[model]:9.2f}")
     print("* default variant. warm = a whole cut (decode, resize, inference, mask, PNG encode) with the session "
-          "loaded; infer = session.run only; last columns: our warm / imgly's warm in the same run.")
+          "loaded; infer = session.run only; node-wasm: the same file in onnxruntime-web's WASM engine under Node, so "
+          "browser/wasm is what the browser adds and node-wasm/native what WASM SIMD costs against native kernels; "
+          "last columns: our warm / imgly's warm in the same run.")
     if peers and peer_problem:
         print(f"peer (@imgly/background-removal 1.7.0) not measured: {peer_problem}")
     return 0
