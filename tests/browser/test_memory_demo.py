@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from eval.images import load_rgb, sample_photos
+from eval.refine import load_params, refine, want_refine
 
 from .conftest import python_alpha
 
@@ -52,8 +53,12 @@ def test_demo_page_shows_the_cutout(browser, server, tiny_build, tmp_path):
 
     manifest = json.loads((tiny_build / "manifest.json").read_text())
     rgb = load_rgb(photo)
-    alpha = python_alpha(tiny_build / manifest["variants"]["fp32"]["path"], manifest, rgb)[..., None]
-    expected = rgb * alpha + 255 * (1 - alpha)  # the cutout on the white background chosen above
+    alpha = python_alpha(tiny_build / manifest["variants"]["fp32"]["path"], manifest, rgb)
+    colours = rgb
+    if want_refine(None, load_params(), rgb.shape[1], rgb.shape[0], manifest["preprocessing"]["input_size"]):
+        alpha, colours = refine(alpha, rgb)  # the page cuts with the bundle's default refinement
+    alpha = alpha[..., None]
+    expected = colours * alpha + 255 * (1 - alpha)  # the cutout on the white background chosen above
     assert shot.shape == expected.shape, f"screenshot {shot.shape} vs image {expected.shape}"
     assert float(np.abs(shot - expected).mean()) < 3.0, "the page does not show the expected cutout"
     assert float(np.abs(shot - rgb).mean()) > 5.0, "the page shows the original, not a cutout"

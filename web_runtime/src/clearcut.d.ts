@@ -43,8 +43,13 @@ export interface CutOptions {
   format?: Format;
   /** Encoder quality for webp/jpeg (0..1, default 0.92). */
   quality?: number;
-  /** Image-guided filtering of the mask edges at full resolution (default false). */
-  refine?: boolean;
+  /**
+   * Edge refinement (src/refine.js): a fast colour guided filter on the uncertain band of the mask at full
+   * resolution, plus colour decontamination of the partly transparent pixels. Default: the manifest's
+   * `refine.default`, shipped as `'auto'` = on when the photo is at least 2× the model's input size (where it
+   * measurably helps), off for smaller photos. `true`/`false` force it.
+   */
+  refine?: boolean | 'auto';
   signal?: AbortSignal;
   /** Filled with the model inference time of this cut. */
   /** Filled in after the cut: milliseconds per stage inside the worker. */
