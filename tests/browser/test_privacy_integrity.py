@@ -37,6 +37,7 @@ def test_progress_reports_download(harness):
     downloads = [e for e in events if e["phase"] == "download"]
     assert downloads and downloads[-1]["loaded"] == downloads[-1]["total"] > 1_000_000
     assert any(e["phase"] == "session" for e in events)
+    assert events[-1] == {"type": "progress", "phase": "warmup", "loaded": 1, "total": 1}  # warmed up before resolving
 
 
 def test_flipped_byte_is_refused_and_never_cached(harness):

@@ -66,7 +66,7 @@ try {
     backend: params.get('backend') || 'wasm',
     onProgress: (p) => {
       $('progress').value = p.total ? p.loaded / p.total : 0;
-      status(p.phase === 'session' ? 'Preparing the model…'
+      status(p.phase === 'session' ? 'Preparing the model…' : p.phase === 'warmup' ? 'Warming up the model…'
         : `Downloading the model${p.fromCache ? ' (from cache)' : ''}: ${(p.loaded / 1048576).toFixed(1)} / ${(p.total / 1048576).toFixed(1)} MiB`);
     },
   });

@@ -9,8 +9,9 @@ export type ErrorCode =
 
 export interface Progress {
   type: 'progress';
-  /** `download`: model bytes (from the network or the Cache API); `session`: compiling the model. */
-  phase: 'download' | 'session';
+  /** `download`: model bytes (from the network or the Cache API); `session`: compiling the model;
+   * `warmup`: one run on a blank input so that the first real cut is as fast as the next ones. */
+  phase: 'download' | 'session' | 'warmup';
   loaded: number;
   total: number;
   fromCache?: boolean;
@@ -27,6 +28,9 @@ export interface CutterOptions {
   maxPixels?: number;
   /** WASM threads when cross-origin isolated (default: hardware concurrency, at most 4). */
   numThreads?: number;
+  /** Run the model once on a blank input before `createCutter` resolves (default true): the first cut is
+   * then as fast as later ones instead of paying onnxruntime's first-run setup. */
+  warmup?: boolean;
   onProgress?: (progress: Progress) => void;
   /** Aborts the model download. */
   signal?: AbortSignal;

@@ -54,7 +54,7 @@ export async function createCutter(options = {}) {
   try {
     info = await call('init', {
       manifestUrl, variant: options.variant, backend: options.backend || 'wasm',
-      maxPixels: options.maxPixels || DEFAULT_MAX_PIXELS, numThreads: options.numThreads,
+      maxPixels: options.maxPixels || DEFAULT_MAX_PIXELS, numThreads: options.numThreads, warmup: options.warmup,
     }, [], options.signal, 'init');
   } catch (err) {
     worker.terminate();

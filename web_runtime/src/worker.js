@@ -58,7 +58,7 @@ function wasmMemoryBytes() {
   return bytes;
 }
 
-async function init({ manifestUrl, variant, backend, maxPixels, numThreads }) {
+async function init({ manifestUrl, variant, backend, maxPixels, numThreads, warmup }) {
   if (maxPixels) settings.maxPixels = maxPixels;
   loadController = new AbortController();
   const signal = loadController.signal;
@@ -96,10 +96,26 @@ async function init({ manifestUrl, variant, backend, maxPixels, numThreads }) {
     used = 'wasm';
     session = await ort.InferenceSession.create(modelBytes, { ...options, executionProviders: ['wasm'] });
   }
+  if (warmup !== false) await warmUp();
   return {
     variant: name, backend: used, fallbackReason, threads: used === 'wasm' ? ort.env.wasm.numThreads : null,
     crossOriginIsolated: self.crossOriginIsolated, model: manifest.model, inputSize: manifest.preprocessing.input_size,
   };
+}
+
+/**
+ * One run on a blank input while the page still waits for the model: onnxruntime's first run grows the
+ * WASM heap, fills its arena and starts the thread pool (IS-Net int8 in Chromium: first run 5.0 s, then
+ * 2.3 s), so without it the user's first cut would pay that.
+ */
+async function warmUp() {
+  const [h, w] = manifest.preprocessing.input_size;
+  post({ type: 'progress', phase: 'warmup', loaded: 0, total: 1 });
+  const input = new ort.Tensor('float32', new Float32Array(3 * h * w), [1, 3, h, w]);
+  const outputs = await session.run({ [manifest.output.input_name]: input });
+  for (const t of Object.values(outputs)) t.dispose?.();
+  input.dispose?.();
+  post({ type: 'progress', phase: 'warmup', loaded: 1, total: 1 });
 }
 
 async function webgpuProblem(entry, autoMode) {
