@@ -60,6 +60,53 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+REFINE_MEASURES = (("mae", "MAE", -1), ("weighted_f", "wF", 1), ("boundary_f", "bndF", 1), ("boundary_iou", "bndIoU", 1))
+
+
+def refine_effect(report: dict) -> list[dict]:
+    """Per variant with a ``+refine`` row: the quality measures off and on, and the refinement's time."""
+    rows = {r["name"]: r for r in report["rows"]}
+    effects = []
+    for r in report["rows"]:
+        base = rows.get(r["name"].removesuffix("+refine")) if r["kind"] == "refine" else None
+        if base is None:
+            continue
+        entry = {"variant": base["name"], "refine_ms": r["latency"].get("refine_ms")}
+        if base.get("quality") and r.get("quality"):
+            entry["off"] = {k: base["quality"][k] for k, _, _ in REFINE_MEASURES}
+            entry["on"] = {k: r["quality"][k] for k, _, _ in REFINE_MEASURES}
+            entry["better"] = [label for k, label, sign in REFINE_MEASURES
+                               if sign * (entry["on"][k] - entry["off"][k]) > 0]
+        effects.append(entry)
+    return effects
+
+
+def _refine_section(report: dict) -> list[str]:
+    effects = refine_effect(report)
+    if not effects:
+        return []
+    lines = ["## Edge refinement (`+refine` rows)", "",
+             "The browser runtime's refinement (`web_runtime/src/refine.js`; its numpy twin `eval/refine.py`, "
+             "constants in `web_runtime/refine.json`): a fast colour guided filter in the uncertain band, "
+             "weighted by the model's own uncertainty. Parity of a refined row is against fp32+refine. Colour "
+             "decontamination does not change the alpha, so it is not scored here; the gallery shows it.", ""]
+    if any("off" in e for e in effects):
+        header = ["variant"] + [f"{label} off → on" for _, label, _ in REFINE_MEASURES] + ["refine ms (numpy)"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for e in effects:
+            if "off" not in e:
+                continue
+            cells = [e["variant"]] + [f"{e['off'][k]:.4f} → {e['on'][k]:.4f}" for k, _, _ in REFINE_MEASURES]
+            cells.append(_num(e["refine_ms"], 0))
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    else:
+        lines += ["Without ground truth (no DATA=) only parity and time are shown: refinement time (numpy, "
+                  "median per image) " + ", ".join(f"{e['variant']} {_num(e['refine_ms'], 0)} ms" for e in effects)
+                  + ".", ""]
+    return lines
+
+
 def _markdown(report: dict, rec: dict) -> str:
     rows = {r["name"]: r for r in report["rows"]}
 
@@ -79,7 +126,8 @@ def _markdown(report: dict, rec: dict) -> str:
              f"- smallest download within {rec['bound']} of the best {rec['score']}: {describe(rec['smallest_within_bound'])}",
              f"- best quality: {describe(rec['best_quality'])}",
              f"- fastest: {describe(rec['fastest'])}", "",
-             "Columns: sizes in MB (10^6 bytes; brotli only when the `brotli` module is installed); mean abs and "
+             *_refine_section(report),
+             f"Columns: sizes in MB (10^6 bytes; brotli at quality {_brotli_quality(report)}, window 2^22); mean abs and "
              "IoU@0.5 vs fp32; MAE, max/mean F-beta (beta²=0.3), S-measure, E-measure (mean), weighted F from "
              "pysodmetrics; bndF / bndIoU: boundary F and Boundary IoU within a band of 1 % of the image "
              "diagonal around the edge; peak MB: peak RSS a fresh process gains while it opens "
@@ -87,6 +135,11 @@ def _markdown(report: dict, rec: dict) -> str:
     if report["problems"]:
         lines += ["", "## Skipped files", ""] + [f"- {p}" for p in report["problems"]]
     return "\n".join(lines) + "\n"
+
+
+def _brotli_quality(report: dict):
+    levels = {r["size"].get("brotli_quality") for r in report["rows"]} - {None}
+    return "/".join(str(q) for q in sorted(levels)) or "—"
 
 
 def _plots(report: dict, out: Path, rec: dict) -> None:
@@ -150,6 +203,48 @@ def _error_map(alpha: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+DECONTAMINATION_CROP = 96  # photo pixels per side of the zoomed edge crop
+DECONTAMINATION_ZOOM = 3
+DEFAULT_PREFERENCE = ("int8", "int8w", "fp16", "fp32")  # the bundle's default-variant order
+
+
+def _contrast_colour(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Per channel the opposite extreme of the photo's mean background colour (where alpha < 0.1)."""
+    background = rgb[alpha < 0.1]
+    mean = background.mean(axis=0) if len(background) else rgb.reshape(-1, 3).mean(axis=0)
+    return np.where(mean < 128, 255.0, 0.0).astype(np.float32)
+
+
+def _edge_crop(changed: np.ndarray, size: int) -> tuple[slice, slice]:
+    """The size×size window where decontamination changed the colours most (integral image)."""
+    height, width = changed.shape
+    size = min(size, height, width)
+    integral = np.pad(changed.astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    sums = integral[size:, size:] - integral[:-size, size:] - integral[size:, :-size] + integral[:-size, :-size]
+    y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    return slice(y, y + size), slice(x, x + size)
+
+
+def decontamination_cells(rgb: np.ndarray, base_alpha: np.ndarray, name: str, save) -> list[tuple[str, str]]:
+    """Zoomed edge crops over a contrasting colour: the model's alpha with the photo's colours, the refined
+    alpha with the photo's colours, and the refined alpha with decontaminated colours."""
+    from eval.refine import refine
+
+    refined, colours = refine(base_alpha, rgb)
+    background = _contrast_colour(rgb, base_alpha)
+    changed = np.abs(colours.astype(np.int16) - rgb.astype(np.int16)).sum(axis=-1)
+    ys, xs = _edge_crop(changed, DECONTAMINATION_CROP)
+    cells = []
+    for label, alpha, image in ((f"{name}: model alpha, photo colours", base_alpha, rgb),
+                                (f"{name}+refine: photo colours", refined, rgb),
+                                (f"{name}+refine: decontaminated", refined, colours)):
+        a = alpha[ys, xs, None]
+        crop = np.clip(image[ys, xs].astype(np.float32) * a + background * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+        zoomed = np.repeat(np.repeat(crop, DECONTAMINATION_ZOOM, axis=0), DECONTAMINATION_ZOOM, axis=1)
+        cells.append((label, save(zoomed, "decontam-" + str(len(cells)))))
+    return cells
+
+
 def _worst_images(report: dict, count: int) -> list[str]:
     """The ``count`` worst images, taken in turn from each row's ranking (by weighted F or parity IoU)."""
     rankings = []
@@ -182,7 +277,12 @@ def _gallery(report: dict, out: Path, sources: dict[str, tuple[Path, Path | None
              f"<h1>{html.escape(report['model'])}: worst images</h1>",
              "<p>Per image: the photo, the ground truth (or the fp32 alpha when there is none), then for each "
              "row its cutout over a checkerboard and its error map (red: too much foreground, blue: too little)."
-             "</p>"]
+             " Last, when there are refined rows: a zoomed edge crop (where colour decontamination changed the most)"
+             " of the cutout over a contrasting colour: the model's alpha with the photo's colours, the refined alpha"
+             " with the photo's colours, and the refined alpha with decontaminated colours (the old background's"
+             " fringe should be gone).</p>"]
+    refined = [r["name"].removesuffix("+refine") for r in rows if r["kind"] == "refine"]
+    decontam_base = next((n for n in DEFAULT_PREFERENCE if n in refined), refined[0] if refined else None)
     for index, name in enumerate(names):
         image_path, mask_path = sources[name]
         rgb, gt = load_sample(Sample(name, image_path, mask_path))
@@ -204,6 +304,9 @@ def _gallery(report: dict, out: Path, sources: dict[str, tuple[Path, Path | None
             label = f"{r['name']}: wF {q['weighted_f']:.3f}" if q else f"{r['name']}: IoU {by_row[r['name']]['parity']['iou']:.4f}"
             cells.append((label, save(_cutout(rgb.astype(np.float32), alpha), f"{r['name']}-cutout")))
             cells.append((f"{r['name']} error", save(_error_map(alpha, truth), f"{r['name']}-error")))
+        if decontam_base is not None:
+            base_alpha = np.asarray(Image.open(out / by_row[decontam_base]["alpha_png"]), np.float32) / 255
+            cells += decontamination_cells(rgb, base_alpha, decontam_base, save)
         parts.append(f"<h2>{html.escape(name)}</h2><table><tr>")
         parts += [f"<td><img src='{html.escape(src)}' alt='{html.escape(label)}'>{html.escape(label)}</td>"
                   for label, src in cells]

@@ -2,8 +2,10 @@
 
     python -m eval.run --model isnet-imgly [--variants fp32,int8w] [--data DIR] [--no-torch]
 
-Rows are the torch reference (optional: slow at 1024²) and each ONNX variant from build/<model>/. Every
-row is compared with the fp32 ONNX variant (parity) and, with --data, with the ground-truth masks (quality).
+Rows are the torch reference (optional: slow at 1024²), each ONNX variant from build/<model>/ and, unless
+--no-refine, each variant with the runtime's edge refinement (`<variant>+refine`, eval/refine.py: the numpy
+twin of web_runtime/src/refine.js). Every row is compared with the fp32 ONNX variant (parity; refined rows
+with fp32+refine) and, with --data, with the ground-truth masks (quality).
 Per-image results are cached under <out>/cache/, keyed by the row's weights sha256 and the image's sha256,
 so an interrupted run resumes where it stopped.
 """
@@ -27,12 +29,19 @@ from eval.dataset import DatasetError, Sample, load_sample, scan
 from eval.images import ImageError, alpha_to_image_size, preprocess, sample_photos
 from eval.metrics import image_metrics, summarize
 from eval.parity import compare
+from eval.refine import PARAMS_FILE as REFINE_PARAMS_FILE
+from eval.refine import load_params as load_refine_params
+from eval.refine import refine as refine_alpha
 from models.registry import Preprocessing, get_model_config
 from models.weights import atomic_write_bytes, sha256_file
 
 REFERENCE_VARIANT = "fp32"
 TORCH_ROW = "torch"
 THREADS = 2
+REFINE_SUFFIX = "+refine"
+# brotli quality for the download-size column: 9 (window 2^22) takes ~2 s per 20 MiB here; 11 takes ~30x
+# longer for ~2.7 % less on int8w (measured on a 20 MiB chunk). `--brotli-quality 11` for the static best.
+BROTLI_QUALITY = 9
 
 
 class EvalError(RuntimeError):
@@ -65,7 +74,7 @@ def select_variants(manifest: dict, requested: list[str] | None) -> list[str]:
     return [REFERENCE_VARIANT] + [n for n in names if n != REFERENCE_VARIANT]
 
 
-def download_sizes(path: Path, recorded: dict, sha256: str) -> dict:
+def download_sizes(path: Path, recorded: dict, sha256: str, brotli_quality: int = BROTLI_QUALITY) -> dict:
     """Raw, gzip (-9) and, when the `brotli` module is importable, brotli sizes of the model file."""
     sizes = {"bytes": path.stat().st_size}
     if recorded.get("sha256") == sha256 and recorded.get("gzip_bytes"):
@@ -77,7 +86,8 @@ def download_sizes(path: Path, recorded: dict, sha256: str) -> dict:
     except ImportError:
         sizes["brotli_bytes"] = None
     else:
-        sizes["brotli_bytes"] = len(brotli.compress(path.read_bytes(), quality=9))
+        sizes["brotli_bytes"] = len(brotli.compress(path.read_bytes(), quality=brotli_quality))
+        sizes["brotli_quality"] = brotli_quality
     return sizes
 
 
@@ -124,9 +134,10 @@ class Row:
     """One compared model: an ONNX variant or the torch reference; ``predict`` maps a model input to alpha."""
 
     def __init__(self, name: str, sha256: str, predict, path: Path | None = None, kind: str = "onnx",
-                 preprocess=None):
+                 preprocess=None, base: "Row | None" = None):
         self.name, self.sha256, self._predict, self.path, self.kind = name, sha256, predict, path, kind
         self.preprocess = preprocess  # rgb -> model input, for peers with their own preprocessing
+        self.base = base  # refined rows: the row whose full-size alpha gets refined
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self._predict(x), np.float32)[0, 0]
@@ -159,6 +170,20 @@ def torch_row(model_name: str, weights: Path) -> Row:
         return reference_alpha(state["model"], get_model_config(model_name), x)
 
     return Row(TORCH_ROW, sha256_file(weights), predict, weights, kind="torch")
+
+
+def refine_row(base: Row) -> Row:
+    """``base`` followed by the runtime's edge refinement; keyed by the base weights, the refinement
+    constants and the refinement code, so a change to either re-runs it."""
+    digest = hashlib.sha256("\n".join([base.sha256, REFINE_PARAMS_FILE.read_text(),
+                                       Path(__file__).with_name("refine.py").read_text()]).encode()).hexdigest()
+    return Row(base.name + REFINE_SUFFIX, digest, None, base.path, kind="refine", base=base)
+
+
+def _refine_timed(alpha_full: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    refined, _ = refine_alpha(alpha_full, rgb, decontaminate=False)  # colours do not change the alpha
+    return refined, time.perf_counter() - start
 
 
 class Cache:
@@ -196,7 +221,7 @@ class Cache:
 
 def evaluate(model: str, variants: list[str] | None, data: Path | None, build_dir: Path, out: Path,
              use_torch: bool = True, peers: bool = False, limit: int | None = None, latency_runs: int = 5,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, refine: bool = True, brotli_quality: int = BROTLI_QUALITY) -> dict:
     manifest = load_manifest(build_dir, model)
     names = select_variants(manifest, variants)
     pre = _preprocessing(manifest)
@@ -230,6 +255,8 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
         from eval.peers import imgly_preprocess, peer_models
         for name, path in peer_models(progress=progress).items():
             rows.append(onnx_row(name, path, kind="peer", preprocess=imgly_preprocess))
+    if refine:  # after their bases, so that a base computed for this image is reused
+        rows += [refine_row(row) for row in rows if row.kind == "onnx"]
 
     cache = Cache(out / "cache")
     with_gt = data is not None
@@ -253,18 +280,35 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
             start = time.perf_counter()
             reference_alpha = reference.predict(x)
             reference_seconds = time.perf_counter() - start
+            full: dict[str, np.ndarray] = {reference.name: alpha_to_image_size(reference_alpha, rgb.shape[:2])}
+
+            def full_alpha(row: Row) -> np.ndarray:
+                """The row's alpha at photo size (refined rows: refined), computed once per image."""
+                if row.name not in full:
+                    if row.base is not None:
+                        full[row.name], _ = _refine_timed(full_alpha(row.base), rgb)
+                    else:
+                        alpha = row.predict(row.preprocess(rgb) if row.preprocess else x)
+                        full[row.name] = alpha_to_image_size(alpha, rgb.shape[:2])
+                return full[row.name]
+
             for row in missing:
                 bar.set_postfix_str(f"{sample.name} · {row.name}")
-                start = time.perf_counter()
-                alpha = reference_alpha if row is reference else row.predict(
-                    row.preprocess(rgb) if row.preprocess else x)
-                seconds = reference_seconds if row is reference else time.perf_counter() - start
-                alpha_full = alpha_to_image_size(alpha, rgb.shape[:2])
-                if alpha.shape == reference_alpha.shape:
-                    parity = compare([alpha], [reference_alpha], [sample.name])["images"][0]
-                else:  # a peer at another input size: compare at the photo's size
-                    reference_full = alpha_to_image_size(reference_alpha, rgb.shape[:2])
-                    parity = compare([alpha_full], [reference_full], [sample.name])["images"][0]
+                if row.base is not None:
+                    alpha_full, seconds = _refine_timed(full_alpha(row.base), rgb)
+                    reference_refined = full_alpha(next(r for r in rows if r.base is reference))
+                    parity = compare([alpha_full], [reference_refined], [sample.name])["images"][0]
+                else:
+                    start = time.perf_counter()
+                    alpha = reference_alpha if row is reference else row.predict(
+                        row.preprocess(rgb) if row.preprocess else x)
+                    seconds = reference_seconds if row is reference else time.perf_counter() - start
+                    alpha_full = full[reference.name] if row is reference else alpha_to_image_size(alpha, rgb.shape[:2])
+                    if alpha.shape == reference_alpha.shape:
+                        parity = compare([alpha], [reference_alpha], [sample.name])["images"][0]
+                    else:  # a peer at another input size: compare at the photo's size
+                        parity = compare([alpha_full], [full[reference.name]], [sample.name])["images"][0]
+                full[row.name] = alpha_full
                 record = {"image": sample.name, "seconds": seconds,
                           "parity": {k: parity[k] for k in ("max_abs", "mean_abs", "iou")}}
                 if gt is not None:
@@ -280,6 +324,7 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
 
     first_input = None
     results = []
+    by_name: dict[str, dict] = {}
     for row in rows:
         images = per_row[row.name]
         parity_images = [dict(image=r["image"], **r["parity"]) for r in images]
@@ -301,16 +346,26 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
                         "quality": {k: v for k, v in r.get("quality", {}).items() if not k.endswith("_curve")} or None}
                        for r in images],
         }
-        if row.name == TORCH_ROW:
+        if row.base is not None:
+            base = by_name[row.base.name]
+            refine_ms = float(np.median([r["seconds"] for r in images]) * 1000)
+            entry["size"] = dict(base["size"])
+            entry["latency"] = {"median_ms": base["latency"]["median_ms"] + refine_ms, "refine_ms": refine_ms,
+                                "peak_rss_mb": None,
+                                "note": f"{row.base.name}'s latency + the numpy refinement's median per image"}
+            entry["parity"]["against"] = REFERENCE_VARIANT + REFINE_SUFFIX
+        elif row.name == TORCH_ROW:
             entry["size"] = {"bytes": row.path.stat().st_size, "gzip_bytes": None, "brotli_bytes": None}
             entry["latency"] = {"median_ms": float(np.median([r["seconds"] for r in images]) * 1000),
                                 "note": "torch eager, per-image wall time during the run"}
         else:
-            size_file = out / "cache" / f"size-{row.sha256[:32]}.json"
+            size_file = out / "cache" / f"size-{row.sha256[:32]}-br{brotli_quality}.json"
             if size_file.is_file():
                 entry["size"] = json.loads(size_file.read_text())
             else:
-                entry["size"] = download_sizes(row.path, manifest["variants"].get(row.name, {}), row.sha256)
+                log(f"download sizes: {row.name} (gzip -9, brotli q{brotli_quality})")
+                entry["size"] = download_sizes(row.path, manifest["variants"].get(row.name, {}), row.sha256,
+                                               brotli_quality)
                 atomic_write_bytes(size_file, json.dumps(entry["size"]).encode())
             latency_file = out / "cache" / f"cpu-{row.sha256[:32]}-{latency_runs}.json"
             if latency_file.is_file():
@@ -325,6 +380,7 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
                     row.path, row.preprocess(first_rgb) if row.preprocess else first_input, latency_runs)
                 atomic_write_bytes(latency_file, json.dumps(entry["latency"]).encode())
         results.append(entry)
+        by_name[row.name] = entry
 
     return {
         "schema": "clearcut.eval/1",
@@ -335,6 +391,7 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
         "sources": {s.name: [str(s.image), str(s.mask) if s.mask else None] for s in samples},
         "problems": problems,
         "reference": REFERENCE_VARIANT,
+        "refine": {"params": load_refine_params(), "source": "web_runtime/refine.json"} if refine else None,
         "rows": results,
     }
 
@@ -352,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--latency-runs", type=int, default=5)
     parser.add_argument("--gallery", type=int, default=6, help="how many worst images the gallery shows")
+    parser.add_argument("--no-refine", action="store_true", help="no <variant>+refine rows (edge refinement)")
+    parser.add_argument("--brotli-quality", type=int, default=BROTLI_QUALITY, choices=range(0, 12), metavar="0..11",
+                        help=f"brotli level of the size column (default {BROTLI_QUALITY}; 11 is ~30x slower)")
     args = parser.parse_args(argv)
 
     from eval.report import write_report
@@ -360,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()] if args.variants else None
     try:
         report = evaluate(args.model, variants, args.data, args.build, out, use_torch=not args.no_torch,
-                          peers=args.peers, limit=args.limit, latency_runs=args.latency_runs)
+                          peers=args.peers, limit=args.limit, latency_runs=args.latency_runs,
+                          refine=not args.no_refine, brotli_quality=args.brotli_quality)
     except (EvalError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

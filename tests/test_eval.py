@@ -1,6 +1,7 @@
 """`make eval`: metrics on hand-made masks, dataset errors, and the whole eval on a tiny model."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -14,6 +15,7 @@ from eval import run
 from eval.dataset import DatasetError, load_sample, scan
 from eval.images import ImageError
 from eval.metrics import boundary_scores, image_metrics, summarize
+from eval.refine import load_params, refine
 from export.pipeline import ExportOptions, run_export
 
 SIZE = 64
@@ -152,7 +154,7 @@ def test_full_eval_with_data(tiny_build, messy_dataset, tmp_path, capsys):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     rows = {r["name"]: r for r in report["rows"]}
-    assert list(rows) == ["torch", "fp32", "fp16"]
+    assert list(rows) == ["torch", "fp32", "fp16", "fp32+refine", "fp16+refine"]
     assert rows["fp32"]["parity"]["mean_abs"] == 0.0 and rows["fp32"]["parity"]["max_abs"] == 0.0
     assert rows["fp32"]["parity"]["iou_worst"] == 1.0
     assert rows["torch"]["parity"]["max_abs"] < 1e-4
@@ -161,6 +163,19 @@ def test_full_eval_with_data(tiny_build, messy_dataset, tmp_path, capsys):
         assert row["quality"]["images"] == 3 and 0.0 <= row["quality"]["mae"] <= 1.0
         assert len(row["images"]) == 3 and row["images"][0]["quality"]["weighted_f"] is not None
         assert row["size"]["bytes"] > 0 and row["latency"]["median_ms"] > 0
+    if importlib.util.find_spec("brotli"):
+        assert 0 < rows["fp16"]["size"]["brotli_bytes"] < rows["fp16"]["size"]["bytes"]
+    # Refined rows: same download as their variant, parity against fp32+refine, time = variant + refinement.
+    for name in ("fp32", "fp16"):
+        refined = rows[name + "+refine"]
+        assert refined["kind"] == "refine" and refined["size"] == rows[name]["size"]
+        assert refined["latency"]["refine_ms"] > 0
+        assert refined["latency"]["median_ms"] == pytest.approx(rows[name]["latency"]["median_ms"]
+                                                                + refined["latency"]["refine_ms"])
+    assert rows["fp32+refine"]["parity"]["max_abs"] == 0.0 and rows["fp32+refine"]["parity"]["against"] == "fp32+refine"
+    assert report["refine"]["params"] == load_params()
+    assert "| fp16+refine |" in printed.out
+    assert "## Edge refinement" in (out / "report.md").read_text()
     problems = "\n".join(report["problems"])
     for fragment in ("notes.txt", "nomask.jpg", "wrongsize.png", "broken.png"):
         assert fragment in problems
@@ -179,16 +194,18 @@ def test_full_eval_with_data(tiny_build, messy_dataset, tmp_path, capsys):
     assert [p.stat().st_mtime_ns for p in cached] == mtimes
     assert again["rows"][0]["parity"] == rows["fp32"]["parity"]
     assert again["rows"][1]["quality"] == rows["fp16"]["quality"]
+    assert again["rows"][3]["quality"] == rows["fp16+refine"]["quality"]
 
 
 def test_eval_without_data_is_parity_only(tiny_build, tmp_path, capsys):
     out = tmp_path / "eval"
     assert run.main(["--model", "u2netp", "--build", str(tiny_build), "--out", str(out), "--no-torch",
-                     "--variants", "fp16", "--latency-runs", "1"]) == 0
+                     "--variants", "fp16", "--latency-runs", "1", "--no-refine"]) == 0
     printed = capsys.readouterr().out
     assert "Quality against ground truth needs DATA=" in printed
     report = json.loads((out / "report.json").read_text())
     assert [r["name"] for r in report["rows"]] == ["fp32", "fp16"]
+    assert report["refine"] is None
     assert all(r["quality"] is None for r in report["rows"])
     assert report["rows"][0]["parity"]["mean_abs"] == 0.0
     assert (out / "gallery.html").is_file()
@@ -223,8 +240,8 @@ def test_gallery_opens_in_chromium(tiny_build, messy_dataset, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     body = re.search(r"<body[^>]*>", done.stdout).group(0)
     assert 'data-broken="0"' in body
-    # 3 images x (photo + truth + 2 rows x (cutout + error map))
-    assert 'data-total="18"' in body
+    # 3 images x (photo + truth + 4 rows x (cutout + error map) + 3 decontamination crops)
+    assert 'data-total="39"' in body
 
 
 def test_imgly_peer_preprocessing():
@@ -235,3 +252,58 @@ def test_imgly_peer_preprocessing():
     x = imgly_preprocess(rgb)
     assert x.shape == (1, 3, 1024, 1024) and x.dtype == np.float32
     assert np.allclose(x[0, 0], 0.0) and np.allclose(x[0, 2], 127 / 256)
+
+
+# ---------------------------------------------------------------- edge refinement (numpy twin of refine.js)
+
+def edge_scene(height=300, width=400, blur=3):
+    """A red disc on a green background; the 'model' mask is the disc blurred (a coarse mask)."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    truth = (((yy - height / 2) ** 2 + (xx - width / 2) ** 2) < (height / 3) ** 2).astype(np.float32)
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[...] = (40, 160, 60)
+    rgb[truth > 0] = (200, 30, 40)
+    from scipy import ndimage
+    coarse = ndimage.uniform_filter(truth, size=blur).astype(np.float32)
+    return rgb, truth, coarse
+
+
+def test_refine_constants_are_the_single_json():
+    params = load_params()
+    for key in ("work_max_side", "radius", "eps", "uncertain", "band_radius", "decontaminate", "default"):
+        assert key in params, key
+
+
+def test_refine_snaps_a_coarse_mask_to_the_colour_edge():
+    rgb, truth, coarse = edge_scene()
+    refined, colours = refine(coarse, rgb)
+    assert refined.shape == truth.shape and refined.dtype == np.float32
+    assert 0.0 <= refined.min() and refined.max() <= 1.0
+    assert np.abs(refined - truth).mean() < 0.7 * np.abs(coarse - truth).mean()
+    # Confident pixels far from the edge keep the model's values exactly.
+    assert refined[0, 0] == coarse[0, 0] and refined[150, 200] == coarse[150, 200]
+
+
+def test_decontamination_removes_the_background_fringe():
+    rgb, truth, _ = edge_scene()
+    from scipy import ndimage
+    alpha = ndimage.uniform_filter(truth, size=3).astype(np.float32)  # a soft 1-px edge
+    a = alpha[..., None]
+    mixed = np.rint(np.array([200, 30, 40]) * a + np.array([40, 160, 60]) * (1 - a)).astype(np.uint8)
+    refined, colours = refine(alpha, mixed)
+    edge = (refined > 0.2) & (refined < 0.8)
+    assert edge.sum() > 20
+    red = np.array([200, 30, 40], np.float64)
+    before = np.abs(mixed[edge] - red).mean()
+    after = np.abs(colours[edge] - red).mean()
+    assert after < 0.3 * before, (before, after)
+    _, untouched = refine(alpha, mixed, decontaminate=False)
+    assert np.array_equal(untouched, mixed)
+
+
+def test_refine_works_at_reduced_resolution_for_big_photos():
+    rgb, truth, coarse = edge_scene(height=90, width=2100, blur=9)
+    params = dict(load_params(), work_max_side=700)  # 2100 px → a 3x smaller work image
+    refined, _ = refine(coarse, rgb, params)
+    assert refined.shape == coarse.shape
+    assert np.abs(refined - truth).mean() < np.abs(coarse - truth).mean()
