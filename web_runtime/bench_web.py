@@ -15,46 +15,44 @@ from pathlib import Path
 
 from web_runtime.serve import NginxServer
 
-PEER_JS = """async ([model, url, repeats]) => {
-  const { removeBackground } = await import('/_peer/imgly/index.mjs');
-  const blob = await (await fetch(url)).blob();
-  const config = { publicPath: location.origin + '/_peer/data/', model, output: { format: 'image/png' } };
+# Each row lives in its own page (own browser context: a cold cache) and stays loaded; warm cuts then go
+# round-robin over all rows, so that load from other processes drifts over every row alike.
+OURS_LOAD_JS = """async ([variant, url]) => {
+  const m = await import('/clearcut.js');
+  window.photo = await (await fetch(url)).blob();
   const t0 = performance.now();
-  await removeBackground(blob, config);
-  const cold = performance.now() - t0;
-  const warm = [];
-  for (let i = 0; i < repeats; i++) {
-    const s = performance.now();
-    await removeBackground(blob, config);
-    warm.push(performance.now() - s);
-  }
-  return { cold, warm, coi: self.crossOriginIsolated };
+  window.cutter = await m.createCutter({ manifestUrl: '/manifest.json', variant });
+  const loaded = performance.now();
+  await window.cutter.cut(window.photo, { format: 'png' });
+  const info = window.cutter.info;
+  return { cold: performance.now() - t0, load: loaded - t0, threads: info.threads, coi: info.crossOriginIsolated };
+}"""
+
+OURS_CUT_JS = """async () => {
+  const timing = {};
+  const s = performance.now();
+  await window.cutter.cut(window.photo, { format: 'png', timing });
+  return { ms: performance.now() - s, timing };
+}"""
+
+PEER_LOAD_JS = """async ([model, url]) => {
+  const { removeBackground } = await import('/_peer/imgly/index.mjs');
+  window.photo = await (await fetch(url)).blob();
+  window.peerCut = () => removeBackground(window.photo, {
+    publicPath: location.origin + '/_peer/data/', model, output: { format: 'image/png' } });
+  const t0 = performance.now();
+  await window.peerCut();
+  return { cold: performance.now() - t0, coi: self.crossOriginIsolated };
+}"""
+
+PEER_CUT_JS = """async () => {
+  const s = performance.now();
+  await window.peerCut();
+  return { ms: performance.now() - s };
 }"""
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
-
-CUT_JS = """async ([variant, url, repeats]) => {
-  const m = await import('/clearcut.js');
-  const blob = await (await fetch(url)).blob();
-  const t0 = performance.now();
-  const cutter = await m.createCutter({ manifestUrl: '/manifest.json', variant });
-  const loaded = performance.now();
-  await cutter.cut(blob, { format: 'raw' });
-  const cold = performance.now() - t0;
-  const warm = [], inference = [], stages = [];
-  for (let i = 0; i < repeats; i++) {
-    const timing = {};
-    const s = performance.now();
-    await cutter.cut(blob, { format: 'png', timing });
-    warm.push(performance.now() - s);
-    inference.push(timing.inferenceMs);
-    stages.push(timing);
-  }
-  const info = cutter.info;
-  cutter.dispose();
-  return { cold, load: loaded - t0, warm, inference, stages, threads: info.threads, coi: info.crossOriginIsolated };
-}"""
 
 
 def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> float:
@@ -152,31 +150,41 @@ def main(argv: list[str] | None = None) -> int:
         peer_problem = _stage_pages(dist, image, bool(peers))
         with NginxServer(dist) as server, sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-            # Alternate ours and the peer so that load from other processes hits both alike.
+            pages = []  # (kind, name, page, result)
             for variant in variants:
-                context = browser.new_context(bypass_csp=True)  # fresh cache: a real cold start
-                page = context.new_page()
+                page = browser.new_context(bypass_csp=True).new_page()
                 page.goto(server.url + "/_bench/index.html")
-                r = page.evaluate(CUT_JS, [variant, f"/_bench/{image.name}", args.repeats])
-                context.close()
-                native = node = None
-                if build_manifest and variant in build_manifest["variants"]:
-                    path = build / build_manifest["variants"][variant]["path"]
-                    size, threads = manifest["preprocessing"]["input_size"], r["threads"] or 1
-                    native = native_ms(path, size, threads, args.repeats)
-                    node = node_wasm_ms(path, size, threads, args.repeats,
-                                        manifest["variants"][variant].get("session_config", {}))
-                rows.append((variant, manifest["variants"][variant]["bytes"], r, native, node))
-                print(f"  measured {variant}", file=sys.stderr, flush=True)
+                r = page.evaluate(OURS_LOAD_JS, [variant, f"/_bench/{image.name}"])
+                r.update(warm=[], inference=[], stages=[])
+                pages.append(("ours", variant, page, r))
+                print(f"  cold {variant}: {r['cold'] / 1000:.2f} s", file=sys.stderr, flush=True)
             for model in peers if not peer_problem else []:
-                context = browser.new_context(bypass_csp=True)
-                page = context.new_page()
+                page = browser.new_context(bypass_csp=True).new_page()
                 page.goto(server.url + "/_peer/index.html")
-                r = page.evaluate(PEER_JS, [model, f"/_bench/{image.name}", args.repeats])
-                context.close()
-                peer_rows.append((model, r))
-                print(f"  measured imgly {model}", file=sys.stderr, flush=True)
+                r = page.evaluate(PEER_LOAD_JS, [model, f"/_bench/{image.name}"])
+                r.update(warm=[])
+                pages.append(("peer", model, page, r))
+                print(f"  cold imgly {model}: {r['cold'] / 1000:.2f} s", file=sys.stderr, flush=True)
+            for round_ in range(args.repeats):
+                for kind, name, page, r in pages:
+                    one = page.evaluate(OURS_CUT_JS if kind == "ours" else PEER_CUT_JS)
+                    r["warm"].append(one["ms"])
+                    if kind == "ours":
+                        r["inference"].append(one["timing"]["inferenceMs"])
+                        r["stages"].append(one["timing"])
+                print(f"  warm round {round_ + 1}/{args.repeats} done", file=sys.stderr, flush=True)
             browser.close()
+        for kind, name, _, r in pages:
+            if kind == "peer":
+                peer_rows.append((name, r))
+                continue
+            native = node = None
+            if build_manifest and name in build_manifest["variants"]:
+                path = build / build_manifest["variants"][name]["path"]
+                size, threads = manifest["preprocessing"]["input_size"], r["threads"] or 1
+                native = native_ms(path, size, threads, args.repeats)
+                node = node_wasm_ms(path, size, threads, args.repeats, manifest["variants"][name].get("session_config", {}))
+            rows.append((name, manifest["variants"][name]["bytes"], r, native, node))
     finally:
         import shutil
         shutil.rmtree(dist / "_bench", ignore_errors=True)
