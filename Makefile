@@ -56,9 +56,9 @@ bundle: setup-python setup-web
 serve: setup-python setup-system
 	$(PY) -m web_runtime.serve --dist $(DIST) --port $(PORT)
 
-## bench-web: cold/warm cut per variant in headless Chromium vs native onnxruntime
+## bench-web: cold/warm cut per variant in headless Chromium vs native onnxruntime, WASM under Node and imgly
 bench-web: setup
-	$(PY) -m web_runtime.bench_web --dist $(DIST) --build build/$(MODEL)
+	$(PY) -m web_runtime.bench_web --dist $(DIST) --build build/$(MODEL) $(BENCH_ARGS)
 
 ## eval: compare built variants on size, parity, quality (DATA=folder with images/ + masks/) and speed
 eval: setup-python
