@@ -18,7 +18,7 @@ from eval.images import load_rgb, preprocess, sample_photos
 from eval.latency import cpu_latency_ms
 from eval.parity import ParityGateError, compare, gate_failures
 from export.manifest import BuildManifest, describe_file, gzip_size, tool_versions
-from export.torch_to_onnx import INPUT_NAME, cpu_session, export_onnx, reference_alpha
+from export.torch_to_onnx import INPUT_NAME, cpu_session, export_onnx, export_stages, reference_alpha, run_stages
 from models.checkpoint import load_into, load_model
 from models.registry import ALL_VARIANTS, ModelConfig, Preprocessing, get_model_config
 from models.weights import atomic_write_bytes, pull, sha256_file
@@ -38,6 +38,9 @@ class ExportOptions:
     parity_images: Sequence[Path] | None = None  # None: the bundled sample photos
     calibration_images: Sequence[Path] | None = None  # None: the parity images
     latency_runs: int = 3
+    # Also export the registry's browser stages (graphs run one after another in the browser) and gate their
+    # composition. None: when the registry lists stages; False: the single graph only.
+    browser_stages: bool | None = None
     log: Callable[[str], None] = field(default=print)
 
 
@@ -91,7 +94,8 @@ def check_import(config: ModelConfig, model: torch.nn.Module, source_onnx: Path,
 
 
 def make_variant(variant: str, fp32: Path, target: Path, calibration: Sequence[Path], pre: Preprocessing,
-                 config: ModelConfig) -> None:
+                 config: ModelConfig, load: Callable[[Path], np.ndarray | dict] | None = None) -> None:
+    """``load`` (int8 only): a calibration image → the graph's inputs (default: the preprocessed image)."""
     if variant == "fp16":
         from quantize.fp16 import to_fp16
         to_fp16(fp32, target, config.fp16_keep_fp32)
@@ -100,7 +104,7 @@ def make_variant(variant: str, fp32: Path, target: Path, calibration: Sequence[P
         to_int8_weights(fp32, target, config.int8w_keep_fp16)
     elif variant == "int8":
         from quantize.static_int8 import to_int8_static
-        to_int8_static(fp32, target, calibration, lambda p: preprocess(load_rgb(p), pre), INPUT_NAME)
+        to_int8_static(fp32, target, calibration, load or (lambda p: preprocess(load_rgb(p), pre)), INPUT_NAME)
     elif variant == "quint8":
         from quantize.static_int8 import to_quint8_dynamic
         to_quint8_dynamic(fp32, target)
@@ -178,6 +182,34 @@ def run_export(opts: ExportOptions) -> dict:
     manifest.stage("export", {"reference": reference}, {"input_size": list(pre.input_size)}, {"fp32": files["fp32"]},
                    lambda: export_onnx(reference_model(), config, files["fp32"], pre.input_size) and None, log)
 
+    # 4b. browser stages: the same weights cut into graphs run in sequence (see ModelConfig.browser_stages)
+    stage_names = list(config.browser_stages) if opts.browser_stages is not False else []
+    if opts.browser_stages and not stage_names:
+        raise ValueError(f"{config.name} has no browser stages in the registry")
+    stage_files = {v: {s: build / f"{config.name}.{v}.{s}.onnx" for s in stage_names} for v in variants}
+    stage_list: list[dict] = []
+    if stage_names:
+        record = manifest.stage("export_stages", {"reference": reference},
+                                {"input_size": list(pre.input_size), "stages": stage_names},
+                                {f"fp32.{s}": p for s, p in stage_files["fp32"].items()},
+                                lambda: {"stages": export_stages(reference_model(), config, stage_files["fp32"],
+                                                                 pre.input_size)}, log)
+        stage_list = record["result"]["stages"]
+
+    def stage_calibration(index: int) -> Callable[[Path], dict]:
+        """int8 calibration inputs of stage ``index``: the fp32 stages before it run on the photo."""
+        earlier = [cpu_session(stage_files["fp32"][s]) for s in stage_names[:index]]
+        wanted = stage_list[index]["inputs"]
+
+        def load(path: Path) -> dict:
+            values = {INPUT_NAME: preprocess(load_rgb(path), pre)}
+            for session in earlier:
+                names = [i.name for i in session.get_inputs()]
+                values.update(zip([o.name for o in session.get_outputs()],
+                                  session.run(None, {n: values[n] for n in names})))
+            return {n: values[n] for n in wanted}
+        return load
+
     # 5. variants
     for variant in variants:
         if variant == "fp32":
@@ -189,6 +221,11 @@ def run_export(opts: ExportOptions) -> dict:
             params["keep_fp32_ops"] = list(config.fp16_keep_fp32)
         manifest.stage(f"variant:{variant}", {"fp32": files["fp32"]}, params, {variant: files[variant]},
                        lambda v=variant: make_variant(v, files["fp32"], files[v], calibration, pre, config), log)
+        for index, stage in enumerate(stage_names):
+            source, target = stage_files["fp32"][stage], stage_files[variant][stage]
+            manifest.stage(f"variant:{variant}:{stage}", {"fp32": source}, params, {variant: target},
+                           lambda v=variant, a=source, b=target, i=index: make_variant(
+                               v, a, b, calibration, pre, config, stage_calibration(i) if v == "int8" else None), log)
 
     # 6. parity + latency of each variant against the torch reference
     refs = np.load(ref_outputs)
@@ -212,6 +249,22 @@ def run_export(opts: ExportOptions) -> dict:
         numbers["passed"] = not numbers["failures"]
         failures += numbers["failures"]
         parity[variant] = numbers
+        if stage_names:
+            paths = [stage_files[variant][s] for s in stage_names]
+
+            def do_stage_parity(paths=paths):
+                outs = [run_stages(paths, x) for x in inputs]
+                return compare(outs, [refs[p.name] for p in images], [p.name for p in images])
+
+            record = manifest.stage(f"parity:{variant}:stages", {**{s: p for s, p in zip(stage_names, paths)},
+                                                                 "reference_outputs": ref_outputs},
+                                    {}, {}, do_stage_parity, log)
+            staged = dict(record["result"])
+            staged["failures"] = [f"{f} (browser stages)" for f in
+                                  (gate_failures(variant, staged, limits) if limits else [])]
+            staged["passed"] = not staged["failures"]
+            failures += staged["failures"]
+            numbers["stages"] = staged
 
     atomic_write_bytes(build / "parity.json", (json.dumps(parity, indent=2) + "\n").encode())
     summary_variants = {}
@@ -225,6 +278,12 @@ def run_export(opts: ExportOptions) -> dict:
         p = parity[variant]
         info["parity"] = {k: p[k] for k in ("max_abs", "mean_abs", "iou_mean", "iou_worst", "worst_image", "passed")}
         info["cpu_latency_ms"] = p["latency"]["median_ms"]
+        if stage_names:
+            sp = p["stages"]
+            info["stages"] = [{**describe_file(stage_files[variant][s["name"]]), "name": s["name"],
+                               "inputs": s["inputs"], "outputs": s["outputs"]} for s in stage_list]
+            info["stages_parity"] = {k: sp[k] for k in ("max_abs", "mean_abs", "iou_mean", "iou_worst",
+                                                         "worst_image", "passed")}
         summary_variants[variant] = info
     manifest.data.update({
         "model": {"name": config.name, "architecture": config.architecture, "description": config.description,

@@ -182,6 +182,42 @@ class Decoder(nn.Module):
         return [self.conv_out1(self._with_patches(1, image, p))]
 
 
+def encode(bb: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The backbone on the image and on its half-size copy, features concatenated; x4 also gets the resized
+    x1..x3 (multi-scale context)."""
+    height, width = int(x.shape[2]), int(x.shape[3])
+    full = bb(x)
+    half = bb(resize_to(x, (height // 2, width // 2)))
+    x1, x2, x3, x4 = (torch.cat((f, resize_to(h, tuple(f.shape[2:]))), 1) for f, h in zip(full, half))
+    size = tuple(x4.shape[2:])
+    x4 = torch.cat((resize_to(x1, size), resize_to(x2, size), resize_to(x3, size), x4), 1)
+    return x1, x2, x3, x4
+
+
+class BackboneStage(nn.Module):
+    """image → (x1, x2, x3, x4): the first browser stage (Swin, most of the weights)."""
+
+    def __init__(self, model: "BiRefNet"):
+        super().__init__()
+        self.bb = model.bb
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return encode(self.bb, x)
+
+
+class DecoderStage(nn.Module):
+    """(image, x1, x2, x3, x4) → the predictions list: the second browser stage."""
+
+    def __init__(self, model: "BiRefNet"):
+        super().__init__()
+        self.squeeze_module = model.squeeze_module
+        self.decoder = model.decoder
+
+    def forward(self, image: torch.Tensor, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor,
+                x4: torch.Tensor) -> list[torch.Tensor]:
+        return self.decoder(image, x1, x2, x3, self.squeeze_module(x4))
+
+
 class BiRefNet(nn.Module):
     def __init__(self, spec: BiRefNetSpec):
         super().__init__()
@@ -193,17 +229,21 @@ class BiRefNet(nn.Module):
         self.decoder = Decoder(spec)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        height, width = int(x.shape[2]), int(x.shape[3])
-        full = self.bb(x)
-        half = self.bb(resize_to(x, (height // 2, width // 2)))
-        x1, x2, x3, x4 = (torch.cat((f, resize_to(h, tuple(f.shape[2:]))), 1) for f, h in zip(full, half))
-        size = tuple(x4.shape[2:])
-        x4 = torch.cat((resize_to(x1, size), resize_to(x2, size), resize_to(x3, size), x4), 1)
-        return x1, x2, x3, x4
+        return encode(self.bb, x)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x1, x2, x3, x4 = self.encode(x)
         return self.decoder(x, x1, x2, x3, self.squeeze_module(x4))
+
+    def browser_stages(self) -> list[tuple[str, nn.Module, tuple[str, ...], tuple[str, ...]]]:
+        """The model cut into graphs run one after another (one onnxruntime-web session at a time, so that the
+        full-size model fits the 4 GB WASM heap): (name, module, input names, output names). The backbone maps
+        the image to the four encoder maps; the decoder takes them and the image (its ``ipt_blk`` patches) and
+        returns what ``forward`` returns. Attribute names (``bb``, ``squeeze_module``, ``decoder``) are kept so
+        that ONNX node names, which the registry's keep-lists match, are the same as in the whole graph."""
+        features = ("x1", "x2", "x3", "x4")
+        return [("backbone", BackboneStage(self), ("input",), features),
+                ("decoder", DecoderStage(self), ("input", *features), ("alpha",))]
 
     def adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fill the deterministic buffers a checkpoint may leave out (``relative_position_index``, BatchNorm's

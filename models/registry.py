@@ -115,6 +115,10 @@ class ModelConfig:
     # defaults): normalisations and softmax whose sums overflow or lose precision in fp16.
     fp16_keep_fp32: tuple[str, ...] = ()
     thresholds: dict[str, ParityThresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    # Browser delivery as several graphs run in sequence, one session at a time (names of the model's
+    # ``browser_stages()``, in order), for models whose one session does not fit onnxruntime-web's 4 GB
+    # WASM heap. Empty: one graph. The pipeline then exports the stage graphs too and gates their composition.
+    browser_stages: tuple[str, ...] = ()
 
     def build(self) -> nn.Module:
         return ARCHITECTURES[self.architecture]()
@@ -302,7 +306,8 @@ _BIREFNET_VARIANTS = ("fp32", "fp16", "int8w")
 
 def _birefnet_config(**fields) -> ModelConfig:
     return ModelConfig(preprocessing=_BIREFNET_PRE, output=_BIREFNET_OUT, int8w_keep_fp16=_BIREFNET_FULL_RES,
-                       fp16_keep_fp32=_BIREFNET_FP32_OPS, default_variants=_BIREFNET_VARIANTS, **fields)
+                       fp16_keep_fp32=_BIREFNET_FP32_OPS, default_variants=_BIREFNET_VARIANTS,
+                       browser_stages=("backbone", "decoder"), **fields)
 
 
 register(_birefnet_config(

@@ -38,11 +38,11 @@ class StreamingReader(CalibrationDataReader):
         x = self.load(self.images[self.position])
         self.position += 1
         self.bar.update(1)
-        return {self.input_name: x}
+        return x if isinstance(x, dict) else {self.input_name: x}  # a dict: a graph with several inputs
 
 
 def to_int8_static(source: Path, target: Path, calibration_images: Sequence[Path],
-                   load: Callable[[Path], np.ndarray], input_name: str = "input",
+                   load: Callable[[Path], np.ndarray | dict], input_name: str = "input",
                    method: CalibrationMethod = CalibrationMethod.Entropy) -> Path:
     if not calibration_images:
         raise ValueError("int8 calibration needs at least one image")

@@ -290,3 +290,40 @@ def test_fp16_keeps_normalisation_softmax_and_sampling_in_fp32(tiny_export):
     session = cpu_session(build / "birefnet-tiny.fp16.onnx")
     alpha = session.run(None, {"input": np.zeros((1, 3, TINY_SIZE, TINY_SIZE), np.float32)})[0]
     assert np.isfinite(alpha).all() and 0 <= alpha.min() and alpha.max() <= 1
+
+
+def test_tiny_browser_stages_compose_to_the_whole_graph(tiny_export):
+    # BiRefNet's registry entries ship as two graphs run in sequence (backbone, decoder); the pipeline exports
+    # them from the same weights, makes every variant of each, and gates the composition against torch.
+    from export.torch_to_onnx import run_stages
+
+    build, data = tiny_export
+    assert data["gate"]["passed"], data["gate"]
+    x = np.random.default_rng(0).normal(size=(1, 3, TINY_SIZE, TINY_SIZE)).astype(np.float32)
+    whole = cpu_session(build / data["variants"]["fp32"]["path"]).run(None, {"input": x})[0]
+    for variant in VARIANTS:
+        info = data["variants"][variant]
+        stages = info["stages"]
+        assert [s["name"] for s in stages] == ["backbone", "decoder"]
+        assert stages[0]["inputs"] == ["input"] and stages[0]["outputs"] == ["x1", "x2", "x3", "x4"]
+        assert stages[1]["inputs"] == ["input", "x1", "x2", "x3", "x4"] and stages[1]["outputs"] == ["alpha"]
+        assert info["stages_parity"]["passed"]
+        paths = [build / s["path"] for s in stages]
+        assert all(p.stat().st_size == s["bytes"] for p, s in zip(paths, stages))
+        if variant == "fp32":
+            assert np.abs(run_stages(paths, x) - whole).max() < 1e-5
+            assert info["stages_parity"]["max_abs"] < 1e-4
+        meta = get_metadata(paths[1])
+        assert meta["stage"] == "decoder" and meta["preprocessing"]["input_size"] == [TINY_SIZE, TINY_SIZE]
+    # int8's decoder was calibrated on the fp32 backbone's outputs: it has activation quantization
+    decoder_int8 = onnx.load(str(build / data["variants"]["int8"]["stages"][1]["path"]))
+    assert any(n.op_type == "QuantizeLinear" for n in decoder_int8.graph.node)
+
+
+def test_single_graph_export_has_no_stages(tmp_path, birefnet_tiny):
+    config, weights = birefnet_tiny
+    photos = [p for p in sample_photos() if p.name == "astronaut.png"]
+    data = run_export(ExportOptions(model=config.name, variants=["fp32"], weights=weights, browser_stages=False,
+                                    input_size=(TINY_SIZE, TINY_SIZE), out_dir=tmp_path, parity_images=photos,
+                                    latency_runs=1, log=lambda _: None))
+    assert "stages" not in data["variants"]["fp32"] and "export_stages" not in data["stages"]
