@@ -143,9 +143,24 @@ def nginx_types() -> str:
     return "types {\n" + body + "}\ndefault_type application/octet-stream;\n"
 
 
+def _checked_graph(build_dir: Path, entry: dict, manifest_path: Path) -> tuple[Path, onnx.ModelProto]:
+    onnx_path = build_dir / entry["path"]
+    if not onnx_path.exists():
+        raise BundleError(f"{onnx_path} missing (listed in {manifest_path}); re-run the export")
+    actual = sha256_file(onnx_path)
+    if actual != entry["sha256"]:
+        raise BundleError(f"{onnx_path}: sha256 {actual} differs from the build manifest's {entry['sha256']}")
+    return onnx_path, onnx.load(str(onnx_path), load_external_data=False)
+
+
 def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = None,
-                 backends: tuple[str, ...] = ("wasm", "webgpu"), chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict:
-    """Write the bundle for `build_dir` into `out_dir` (atomically replaced); return its manifest."""
+                 backends: tuple[str, ...] = ("wasm", "webgpu"), chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 stages: bool = True) -> dict:
+    """Write the bundle for `build_dir` into `out_dir` (atomically replaced); return its manifest.
+
+    A build variant exported as browser stages (graphs run one after another, one session at a time) ships
+    as those stages unless `stages` is False: its bundle entry then lists `stages` in run order, each with
+    its own chunks, sha256, input and output names, instead of one `chunks` list."""
     build_dir = Path(build_dir)
     manifest_path = build_dir / "manifest.json"
     if not manifest_path.exists():
@@ -178,13 +193,24 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         out_variants = {}
         for name in chosen:
             entry = available[name]
-            onnx_path = build_dir / entry["path"]
-            if not onnx_path.exists():
-                raise BundleError(f"{onnx_path} missing (listed in {manifest_path}); re-run the export")
-            actual = sha256_file(onnx_path)
-            if actual != entry["sha256"]:
-                raise BundleError(f"{onnx_path}: sha256 {actual} differs from the build manifest's {entry['sha256']}")
-            graph = onnx.load(str(onnx_path), load_external_data=False)
+            if stages and entry.get("stages"):
+                out_stages, features = [], []
+                for stage in entry["stages"]:
+                    onnx_path, graph = _checked_graph(build_dir, stage, manifest_path)
+                    features += [f for f in webgpu_features(graph) if f not in features]
+                    out_stages.append({
+                        "name": stage["name"], "bytes": stage["bytes"], "sha256": stage["sha256"],
+                        "inputs": stage["inputs"], "outputs": stage["outputs"],
+                        "session_config": runtime_session_config(graph),
+                        "chunks": split_variant(onnx_path, tmp / "chunks", chunk_bytes),
+                    })
+                out_variants[name] = {
+                    "bytes": sum(s["bytes"] for s in out_stages), "gzip_bytes": None,
+                    "parity": entry.get("stages_parity"), "cpu_latency_ms": entry.get("cpu_latency_ms"),
+                    "backends": list(backends), "webgpu_features": features, "stages": out_stages,
+                }
+                continue
+            onnx_path, graph = _checked_graph(build_dir, entry, manifest_path)
             out_variants[name] = {
                 "bytes": entry["bytes"], "sha256": entry["sha256"], "gzip_bytes": entry.get("gzip_bytes"),
                 "parity": entry.get("parity"), "cpu_latency_ms": entry.get("cpu_latency_ms"),
@@ -275,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default="", help="comma-separated subset (default: all in the build)")
     parser.add_argument("--backends", default="wasm,webgpu", help="onnxruntime-web backends to ship")
     parser.add_argument("--chunk-mib", type=float, default=DEFAULT_CHUNK_BYTES / MIB)
+    parser.add_argument("--single-graph", action="store_true",
+                        help="ship the one-graph form of variants the build also has as browser stages")
     args = parser.parse_args(argv)
     backends = tuple(b for b in args.backends.split(",") if b)
     bad = [b for b in backends if b not in ORT_FILES]
@@ -283,14 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = build_bundle(Path(args.build), Path(args.out), [v for v in args.variants.split(",") if v] or None,
-                                backends, int(args.chunk_mib * MIB))
+                                backends, int(args.chunk_mib * MIB), stages=not args.single_graph)
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"{args.out}: {manifest['model']['name']}, runtime+ort {total / MIB:.1f} MiB")
     for name, v in manifest["variants"].items():
-        print(f"  {name:<6} {v['bytes'] / MIB:8.1f} MiB in {len(v['chunks'])} chunk(s)")
+        parts = v.get("stages") or [v]
+        staged = f" ({len(parts)} stages, run in sequence)" if "stages" in v else ""
+        print(f"  {name:<6} {v['bytes'] / MIB:8.1f} MiB in {sum(len(p['chunks']) for p in parts)} chunk(s){staged}")
     return 0
 
 

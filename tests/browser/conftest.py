@@ -218,8 +218,9 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def python_alpha(onnx_path: Path, manifest: dict, rgb: np.ndarray) -> np.ndarray:
-    """The Python reference: same preprocessing, onnxruntime on the same ONNX file, bilinear to full size."""
+def python_alpha(onnx_path: Path | list[Path], manifest: dict, rgb: np.ndarray) -> np.ndarray:
+    """The Python reference: same preprocessing, onnxruntime on the same ONNX file (or browser stages, a list
+    of files run in sequence), bilinear to full size."""
     import onnxruntime as ort
     from eval.images import alpha_to_image_size, preprocess
     from models.registry import Preprocessing
@@ -227,6 +228,9 @@ def python_alpha(onnx_path: Path, manifest: dict, rgb: np.ndarray) -> np.ndarray
     p = manifest["preprocessing"]
     pre = Preprocessing(input_size=tuple(p["input_size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
                         scale=p["scale"], resize=p["resize"], channel_order=p["channel_order"], layout=p["layout"])
+    if isinstance(onnx_path, (list, tuple)):
+        from export.torch_to_onnx import run_stages
+        return alpha_to_image_size(run_stages(onnx_path, preprocess(rgb, pre))[0, 0], rgb.shape[:2])
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out = manifest["output"]
     alpha = session.run([out["output_name"]], {out["input_name"]: preprocess(rgb, pre)})[0]

@@ -10,6 +10,9 @@ const PARALLEL_CHUNKS = 3;
 /** @type {any} */ let ort = null;
 /** @type {any} */ let session = null;
 /** @type {any} */ let manifest = null;
+// A variant shipped as stages (graphs run in sequence; see runStages): their model bytes, the session
+// options, and the first stage's session, created ahead of the next cut.
+/** @type {any} */ let staged = null;
 let settings = { maxPixels: 40_000_000 };
 const cancelled = new Set();
 let loadController = null;
@@ -43,12 +46,15 @@ self.onmessage = async (event) => {
     } else if (msg.type === 'dispose') {
       if (session) await session.release();
       session = null;
+      if (staged) await releaseStaged();
       post({ id: msg.id, result: true });
     }
   } catch (err) {
     post({ id: msg.id, error: { code: err.code || (err.name === 'AbortError' ? 'aborted' : 'internal'), message: err.message || String(err) } });
   } finally {
     cancelled.delete(msg.id);
+    // After the answer went out: create the staged variant's first session for the next cut.
+    if (msg.type === 'cut' && staged && !staged.next && !staged.busy) staged.next = createStage(0).catch((err) => ({ error: err }));
   }
 };
 
@@ -83,24 +89,95 @@ async function init({ manifestUrl, variant, backend, maxPixels, numThreads, warm
   ort.env.wasm.proxy = false;
   ort.env.wasm.numThreads = self.crossOriginIsolated ? Math.max(1, Math.min(numThreads || navigator.hardwareConcurrency || 1, 4)) : 1;
 
-  const modelBytes = await loadChunks(entry, base, signal);
+  const parts = entry.stages || [entry];
+  const download = { loaded: 0, total: parts.reduce((sum, p) => sum + p.bytes, 0) };
+  const modelBytes = [];
+  for (const part of parts) modelBytes.push(await loadChunks(part, base, signal, download));
+  post({ type: 'progress', phase: 'session', loaded: download.total, total: download.total });
   let used = useGpu ? 'webgpu' : 'wasm';
   let fallbackReason = wanted === 'auto' && !useGpu ? gpuReason : null;
   // Session config entries the pipeline found this graph needs (e.g. folding weight-only dequantization).
-  const options = { graphOptimizationLevel: 'all', extra: { ...(entry.session_config || {}) } };
+  const options = (part) => ({ graphOptimizationLevel: 'all', extra: { ...(part.session_config || {}) } });
+  let first;
   try {
-    session = await ort.InferenceSession.create(modelBytes, { ...options, executionProviders: [used] });
+    first = await ort.InferenceSession.create(modelBytes[0], { ...options(parts[0]), executionProviders: [used] });
   } catch (err) {
     if (used !== 'webgpu' || wanted === 'webgpu') throw new ClearCutError('backend', `Could not start the ${used} session: ${err.message}`);
     fallbackReason = `WebGPU session failed (${err.message})`;
     used = 'wasm';
-    session = await ort.InferenceSession.create(modelBytes, { ...options, executionProviders: ['wasm'] });
+    first = await ort.InferenceSession.create(modelBytes[0], { ...options(parts[0]), executionProviders: ['wasm'] });
   }
-  if (warmup !== false) await warmUp();
+  if (entry.stages) {
+    // No warm-up: a staged variant exists because its sessions do not fit the heap together, so each cut
+    // creates them one by one anyway (a warm-up would cost a whole cut: minutes at 1024² for RMBG-2.0).
+    staged = { stages: entry.stages, bytes: modelBytes, options: (i) => ({ ...options(parts[i]), executionProviders: [used] }),
+      next: Promise.resolve({ session: first, ms: 0 }), lock: Promise.resolve(), busy: 0 };
+  } else {
+    session = first;
+    if (warmup !== false) await warmUp();
+  }
   return {
     variant: name, backend: used, fallbackReason, threads: used === 'wasm' ? ort.env.wasm.numThreads : null,
     crossOriginIsolated: self.crossOriginIsolated, model: manifest.model, inputSize: manifest.preprocessing.input_size,
+    stages: entry.stages ? entry.stages.map((s) => s.name) : null,
   };
+}
+
+async function createStage(index) {
+  const started = performance.now();
+  const created = await ort.InferenceSession.create(staged.bytes[index], staged.options(index));
+  return { session: created, ms: performance.now() - started };
+}
+
+/**
+ * Run a staged variant: stage by stage, create the session, run it, copy the outputs later stages read out
+ * of the WASM heap, release the session, go on. Only one session (weights + arena) lives in the heap at a
+ * time; the heap never shrinks, so its size is the largest stage's need. The next cut's first session is
+ * created after this cut's answer went out (see onmessage), so a cut waits for the later stages' loads only
+ * unless cuts come back to back.
+ */
+async function runStages(input, id) {
+  const values = new Map([[manifest.output.input_name, input]]);
+  const timing = [];
+  let alpha = null;
+  try {
+    for (let i = 0; i < staged.stages.length; i++) {
+      const stage = staged.stages[i];
+      post({ type: 'progress', phase: 'stage', stage: stage.name, loaded: i, total: staged.stages.length });
+      const pending = (i === 0 && staged.next) || createStage(i);
+      if (i === 0) staged.next = null;
+      let created = await pending;
+      if (created.error) created = await createStage(i); // the ahead-of-time creation failed: try once more
+      const { session: stageSession, ms: sessionMs } = created;
+      let outputs;
+      const started = performance.now();
+      try {
+        checkCancelled(id);
+        outputs = await stageSession.run(Object.fromEntries(stage.inputs.map((n) => [n, values.get(n)])));
+      } finally {
+        await stageSession.release();
+      }
+      const runMs = performance.now() - started;
+      const needed = new Set(staged.stages.slice(i + 1).flatMap((s) => s.inputs));
+      for (const [name, tensor] of Object.entries(outputs)) {
+        if (i === staged.stages.length - 1 && name === manifest.output.output_name) alpha = Float32Array.from(tensor.data);
+        else if (needed.has(name)) values.set(name, new ort.Tensor(tensor.type, tensor.data.slice(), tensor.dims));
+        tensor.dispose?.();
+      }
+      for (const name of [...values.keys()]) if (!needed.has(name) && values.get(name) !== input) values.delete(name);
+      timing.push({ name: stage.name, sessionMs, runMs, heapBytes: wasmMemoryBytes() });
+    }
+  } finally {
+    staged.next = null;
+  }
+  post({ type: 'progress', phase: 'stage', stage: null, loaded: staged.stages.length, total: staged.stages.length });
+  return { alpha, timing };
+}
+
+async function releaseStaged() {
+  const next = await staged.next?.catch(() => null);
+  staged = null;
+  await next?.session?.release();
 }
 
 /**
@@ -155,17 +232,16 @@ async function sha256Hex(bytes) {
   return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
-async function loadChunks(entry, base, signal) {
+async function loadChunks(entry, base, signal, download = { loaded: 0, total: entry.bytes }) {
   const cache = await caches.open(CACHE_NAME);
   const model = new Uint8Array(entry.bytes);
   const offsets = [];
   let offset = 0;
   for (const c of entry.chunks) { offsets.push(offset); offset += c.bytes; }
   if (offset !== entry.bytes) throw new ClearCutError('manifest', 'The manifest chunk sizes do not add up to the variant size.');
-  let loaded = 0;
   const progress = (delta, fromCache) => {
-    loaded += delta;
-    post({ type: 'progress', phase: 'download', loaded, total: entry.bytes, fromCache });
+    download.loaded += delta;
+    post({ type: 'progress', phase: 'download', loaded: download.loaded, total: download.total, fromCache });
   };
   let next = 0;
   const worker = async () => {
@@ -176,7 +252,6 @@ async function loadChunks(entry, base, signal) {
     }
   };
   await Promise.all(Array.from({ length: Math.min(PARALLEL_CHUNKS, entry.chunks.length) }, worker));
-  post({ type: 'progress', phase: 'session', loaded: entry.bytes, total: entry.bytes });
   return model;
 }
 
@@ -280,7 +355,7 @@ function parseColor(color) {
 }
 
 async function cut({ id, source, options }) {
-  if (!session) throw new ClearCutError('state', 'The cutter is not ready (disposed or still loading).');
+  if (!session && !staged) throw new ClearCutError('state', 'The cutter is not ready (disposed or still loading).');
   const output = options.output || 'cutout';
   const format = options.format || 'png';
   if (!['cutout', 'mask', 'color'].includes(output)) throw new ClearCutError('options', `Unknown output "${output}".`);
@@ -296,11 +371,24 @@ async function cut({ id, source, options }) {
   const rgb = resizeRGB8(rgba, width, height, mw, mh);
   const input = new ort.Tensor('float32', normalise(rgb, mw, mh, pre), [1, 3, mh, mw]);
   clock.push(performance.now());
-  const outputs = await session.run({ [manifest.output.input_name]: input });
+  let alphaSmall, stageTiming = null;
+  if (staged) {
+    // one staged cut at a time: two would hold two sessions in the heap
+    const own = staged;
+    own.busy++;
+    const run = own.lock.then(() => runStages(input, id));
+    own.lock = run.catch(() => {});
+    try {
+      ({ alpha: alphaSmall, timing: stageTiming } = await run);
+    } finally {
+      own.busy--;
+    }
+  } else {
+    const outputs = await session.run({ [manifest.output.input_name]: input });
+    alphaSmall = Float32Array.from(outputs[manifest.output.output_name].data); // copy out before release
+    for (const t of Object.values(outputs)) t.dispose?.();
+  }
   clock.push(performance.now());
-  const alphaTensor = outputs[manifest.output.output_name];
-  const alphaSmall = Float32Array.from(alphaTensor.data); // copy out before the tensor is released
-  for (const t of Object.values(outputs)) t.dispose?.();
   input.dispose?.();
   checkCancelled(id);
 
@@ -325,7 +413,11 @@ async function cut({ id, source, options }) {
   const stages = (encoded) => {
     if (encoded) clock.push(performance.now());
     const [decodeMs, preprocessMs, inferenceMs, postprocessMs, encodeMs = 0] = clock.slice(1).map((t, i) => t - clock[i]);
-    return { decodeMs, preprocessMs, inferenceMs, postprocessMs, encodeMs, totalMs: clock.at(-1) - clock[0] };
+    const timing = { decodeMs, preprocessMs, inferenceMs, postprocessMs, encodeMs, totalMs: clock.at(-1) - clock[0] };
+    // staged variants: inferenceMs includes each stage's session creation; per stage {name, sessionMs, runMs,
+    // heapBytes: the WASM heap after it, which only grows}
+    if (stageTiming) timing.stages = stageTiming;
+    return timing;
   };
   if (format === 'raw') return { result: { image, timing: stages(false) }, transfer: [out.buffer] };
   const canvas = new OffscreenCanvas(width, height);
