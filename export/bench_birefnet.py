@@ -2,10 +2,18 @@
 
     python -m export.bench_birefnet --config rmbg-2.0 --size 1024 [--variants fp32,fp16,int8w,int8]
 
+    python -m export.bench_birefnet --config rmbg-2.0 --size 1024 --browser [--variants fp16,fp32] [--reuse]
+
 Not a test: it takes minutes and GBs. Each step runs in its own process so that its peak RSS is its own.
 Prints, per step, wall time and peak RSS; per variant, file size, node count, onnxruntime CPU session
 creation and latency at the given size, agreement with fp32 on a photo; and the WebGPU-safety checks of
 the fp32 graph (static shapes, Concat/Split fan-in, explicit Conv attributes, op types).
+
+``--browser``: the registry's browser stages instead (backbone, decoder: one graph each, run in sequence and
+released one by one), bundled and cut in headless Chromium on WASM (2 threads, cross-origin isolated, through
+nginx as in tests/browser): cold and warm cut with per-stage session creation and run times, the WASM heap
+size the worker reports (``cutter.memory()``; it never shrinks, so it is the peak) and the peak RSS of the
+Chromium processes sampled from outside. A failed cut reports the stage and phase it died in.
 """
 from __future__ import annotations
 
@@ -74,6 +82,15 @@ def step_export(config_name: str, size: int, path: str) -> dict:
     params = sum(p.numel() for p in model.parameters())
     export_onnx(model, get_model_config(config_name), Path(path), (size, size))
     return {"params": params}
+
+
+def step_export_stages(config_name: str, size: int, paths: dict) -> dict:
+    from export.torch_to_onnx import export_stages
+    from models.registry import get_model_config
+
+    model = random_model(config_name)
+    stages = export_stages(model, get_model_config(config_name), {k: Path(v) for k, v in paths.items()}, (size, size))
+    return {"stages": stages}
 
 
 def step_torch_forward(config_name: str, size: int) -> dict:
@@ -156,6 +173,198 @@ def graph_report(path: Path) -> dict:
     }
 
 
+def step_variant_stages(config_name: str, variant: str, paths: dict, targets: dict) -> dict:
+    for stage, path in paths.items():
+        step_variant(config_name, variant, path, targets[stage])
+    return {}
+
+
+BROWSER_JS = """async ([variant, threads, repeats]) => {
+  const events = [];
+  const report = { variant, cuts: [], memory: [] };
+  const m = await import('/b/clearcut.js');
+  const blob = await (await fetch('/photo.png')).blob();
+  let cutter;
+  const t0 = performance.now();
+  try {
+    cutter = await m.createCutter({ manifestUrl: '/b/manifest.json', variant, numThreads: threads,
+                                    onProgress: (p) => events.push({ ...p, t: performance.now() - t0 }) });
+  } catch (e) {
+    return { ...report, error: `load: ${e.code}: ${e.message}`, events: events.slice(-3) };
+  }
+  report.loadMs = performance.now() - t0;
+  report.threads = cutter.info.threads;
+  report.coi = cutter.info.crossOriginIsolated;
+  report.memory.push(['loaded', await cutter.memory()]);
+  for (let i = 0; i <= repeats; i++) {
+    const timing = {};
+    const s = performance.now();
+    try {
+      await cutter.cut(blob, { output: 'mask', format: 'raw', timing, refine: false });
+    } catch (e) {
+      const last = events.filter((p) => p.phase === 'stage').at(-1);
+      report.error = `cut ${i}: ${e.code}: ${e.message} (during stage ${last ? last.stage : '?'})`;
+      report.memory.push([`cut ${i} (failed)`, await cutter.memory().catch(() => null)]);
+      break;
+    }
+    report.cuts.push({ ms: performance.now() - s, ...timing });
+    report.memory.push([`cut ${i}`, await cutter.memory()]);
+  }
+  cutter.dispose();
+  return report;
+}"""
+
+
+def _chromium_rss_mb(root_pid: int) -> tuple[float, float]:
+    """(sum, largest) RSS in MB of the Chromium processes below ``root_pid`` (from /proc)."""
+    parents, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        line = next((ln for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
+        if line and "chrom" in stat.split(")", 1)[0]:
+            rss[int(entry.name)] = int(line.split()[1]) / 1024
+
+    def below(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == root_pid:
+                return True
+        return False
+
+    mine = [v for pid, v in rss.items() if below(pid)]
+    return sum(mine), max(mine, default=0.0)
+
+
+def browser_run(out: Path, config_name: str, size: int, variants: list[str], threads: int, repeats: int) -> list:
+    """Bundle the stage graphs in ``out`` and cut a photo with each variant in headless Chromium."""
+    import os
+    import shutil
+    import threading
+
+    from eval.images import sample_photos
+    from models.registry import get_model_config
+    from models.weights import sha256_file
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+    from web_runtime.build_bundle import build_bundle
+    from web_runtime.serve import NginxServer
+
+    config = get_model_config(config_name)
+    build_variants = {}
+    for variant in variants:
+        stages = []
+        for name, inputs, outputs in _stage_io(config_name):
+            path = out / f"{config_name}.{variant}.{name}.onnx"
+            stages.append({"name": name, "path": path.name, "sha256": sha256_file(path),
+                           "bytes": path.stat().st_size, "inputs": inputs, "outputs": outputs})
+        build_variants[variant] = {"stages": stages}
+    pre = replace(config.preprocessing, input_size=(size, size))
+    (out / "manifest.json").write_text(json.dumps({
+        "model": {"name": config_name, "licence": config.licence, "licence_note": config.licence_note},
+        "preprocessing": pre.to_dict(),
+        "output": {**config.output.to_dict(), "input_name": "input", "output_name": "alpha"},
+        "variants": build_variants}))
+    www = out / "www"
+    shutil.rmtree(www, ignore_errors=True)
+    build_bundle(out, www / "b", variants=variants, backends=("wasm",))
+    (www / "harness.html").write_text("<!doctype html><meta charset=utf-8><title>bench</title><body></body>")
+    (www / "favicon.ico").write_bytes(b"")
+    shutil.copyfile(sample_photos()[0], www / "photo.png")
+    for path in www.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    www.chmod(0o755)
+
+    from playwright.sync_api import sync_playwright
+
+    results = []
+    with NginxServer(www) as server, sync_playwright() as p:
+        for variant in variants:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            peak = {"sum": 0.0, "max": 0.0}
+            done = threading.Event()
+
+            def sample():
+                while not done.wait(0.5):
+                    total, largest = _chromium_rss_mb(os.getpid())
+                    peak["sum"], peak["max"] = max(peak["sum"], total), max(peak["max"], largest)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                page = browser.new_context(bypass_csp=True).new_page()
+                page.goto(server.url + "/harness.html")
+                page.set_default_timeout(0)
+                result = page.evaluate(BROWSER_JS, [variant, threads, repeats])
+            except Exception as err:  # noqa: BLE001 - a crashed page is a result
+                result = {"variant": variant, "error": f"page: {err}"[:400], "cuts": [], "memory": []}
+            finally:
+                done.set()
+                sampler.join()
+                browser.close()
+            result["chromium_rss_peak_mb"] = round(peak["sum"])
+            result["chromium_rss_largest_process_mb"] = round(peak["max"])
+            result["stage_bytes"] = {s["name"]: s["bytes"] for s in build_variants[variant]["stages"]}
+            results.append(result)
+            _print_browser(result)
+    return results
+
+
+def _stage_io(config_name: str) -> list[tuple[str, list[str], list[str]]]:
+    from export.torch_to_onnx import model_stages
+    from models.registry import get_model_config
+
+    config = get_model_config(config_name)
+    with _meta_device():
+        model = config.build()
+    return [(name, list(ins), list(outs)) for name, _, ins, outs in model_stages(model, config)]
+
+
+def _meta_device():
+    import torch
+    return torch.device("meta")
+
+
+def _print_browser(r: dict) -> None:
+    mb = 1024 * 1024
+    sizes = ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in r.get("stage_bytes", {}).items())
+    print(f"\nbrowser {r['variant']} ({sizes}): load {r.get('loadMs', float('nan')) / 1000:.1f} s, "
+          f"threads {r.get('threads')}, cross-origin isolated {r.get('coi')}", flush=True)
+    for i, cut in enumerate(r["cuts"]):
+        stages = ", ".join(f"{s['name']} session {s['sessionMs'] / 1000:.1f} s + run {s['runMs'] / 1000:.1f} s "
+                           f"(heap after: {s['heapBytes'] / mb:.0f} MiB)" for s in cut.get("stages", []))
+        print(f"  cut {i} ({'cold' if i == 0 else 'warm'}): {cut['ms'] / 1000:.1f} s (inference "
+              f"{cut['inferenceMs'] / 1000:.1f} s: {stages})", flush=True)
+    print("  WASM heap: " + ", ".join(f"{k} {v / mb:.0f} MiB" if v else f"{k} ?" for k, v in r["memory"]))
+    print(f"  Chromium RSS peak {r['chromium_rss_peak_mb'] / 1024:.2f} GB (all processes), largest process "
+          f"{r['chromium_rss_largest_process_mb'] / 1024:.2f} GB")
+    if r.get("error"):
+        print(f"  FAILED: {r['error']}", flush=True)
+
+
+def browser_main(args, out: Path) -> int:
+    variants = args.variants.split(",")
+    paths = {s: out / f"{args.config}.fp32.{s}.onnx" for s, _, _ in _stage_io(args.config)}
+    report: dict = {"config": args.config, "size": args.size, "steps": {}}
+    if not (args.reuse and all(p.exists() for p in paths.values())):
+        report["steps"]["export"] = run_step("export stages fp32", step_export_stages, config_name=args.config,
+                                             size=args.size, paths={k: str(v) for k, v in paths.items()})
+    for variant in variants:
+        targets = {s: str(out / f"{args.config}.{variant}.{s}.onnx") for s in paths}
+        if variant != "fp32" and not (args.reuse and all(Path(t).exists() for t in targets.values())):
+            report["steps"][f"variant:{variant}"] = run_step(
+                f"make {variant} stages", step_variant_stages, config_name=args.config, variant=variant,
+                paths={k: str(v) for k, v in paths.items()}, targets=targets)
+    report["browser"] = browser_run(out, args.config, args.size, variants, args.threads, args.runs)
+    (out / "browser_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if all(not r.get("error") for r in report["browser"]) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="rmbg-2.0")
@@ -165,12 +374,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="build/bench")
     parser.add_argument("--torch", action="store_true", help="also time one torch forward")
     parser.add_argument("--reuse", action="store_true", help="keep graphs already in --out (only run them)")
+    parser.add_argument("--browser", action="store_true",
+                        help="browser stages cut in headless Chromium (WASM) instead of the CPU benchmark")
+    parser.add_argument("--threads", type=int, default=2, help="--browser: onnxruntime-web WASM threads")
     args = parser.parse_args(argv)
 
     import numpy as np
 
     out = Path(args.out) / f"{args.config}-{args.size}"
     out.mkdir(parents=True, exist_ok=True)
+    if args.browser:
+        return browser_main(args, out)
     files = {v: out / f"{args.config}.{v}.onnx" for v in args.variants.split(",")}
     report: dict = {"config": args.config, "size": args.size, "steps": {}, "variants": {}}
     if args.torch:
