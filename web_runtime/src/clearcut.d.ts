@@ -10,8 +10,10 @@ export type ErrorCode =
 export interface Progress {
   type: 'progress';
   /** `download`: model bytes (from the network or the Cache API); `session`: compiling the model;
-   * `warmup`: one run on a blank input so that the first real cut is as fast as the next ones. */
-  phase: 'download' | 'session' | 'warmup';
+   * `warmup`: one run on a blank input so that the first real cut is as fast as the next ones;
+   * `stage`: a cut of a staged variant entering graph `stage` (`null` when the last one is done). */
+  phase: 'download' | 'session' | 'warmup' | 'stage';
+  stage?: string | null;
   loaded: number;
   total: number;
   fromCache?: boolean;
@@ -57,7 +59,9 @@ export interface CutOptions {
   signal?: AbortSignal;
   /** Filled with the model inference time of this cut. */
   /** Filled in after the cut: milliseconds per stage inside the worker. */
-  timing?: { decodeMs?: number; preprocessMs?: number; inferenceMs?: number; postprocessMs?: number; encodeMs?: number; totalMs?: number };
+  timing?: { decodeMs?: number; preprocessMs?: number; inferenceMs?: number; postprocessMs?: number; encodeMs?: number; totalMs?: number;
+    /** Staged variants: per graph, its session creation and run time and the WASM heap size after it. */
+    stages?: { name: string; sessionMs: number; runMs: number; heapBytes: number }[] };
 }
 
 export interface CutterInfo {
@@ -69,6 +73,8 @@ export interface CutterInfo {
   crossOriginIsolated: boolean;
   model: { name: string; licence: string; licence_note: string; description: string };
   inputSize: [number, number];
+  /** Names of the graphs a staged variant runs in sequence, one session at a time; `null`: one graph. */
+  stages: string[] | null;
 }
 
 export type CutInput = Blob | File | ImageBitmap | ImageData | HTMLImageElement | HTMLCanvasElement
