@@ -106,12 +106,12 @@ def _stage_pages(dist: Path, image: Path, peer: bool) -> str | None:
     if not peer:
         return None
     from models.registry import get_model_config
-    from models.weights import cache_dir, fetch
+    from models.weights import WeightsError, cache_dir, fetch
     from web_runtime.peer_imgly import PeerUnavailable, stage_peer
     try:
         data = fetch(get_model_config("isnet-imgly").sources[0], progress=True)
         import_map = stage_peer(dist / "_peer", cache_dir() / "npm-peer", data)
-    except (PeerUnavailable, OSError) as err:
+    except (PeerUnavailable, WeightsError, OSError) as err:  # offline: the table still prints, without the peer
         return str(err)
     (dist / "_peer" / "index.html").write_text(
         '<!doctype html><title>peer</title><script type="importmap">'
