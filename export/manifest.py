@@ -1,9 +1,13 @@
 """The build manifest: what each pipeline stage read, did and wrote, so that unchanged stages are skipped."""
 from __future__ import annotations
 
+import ctypes
+import gc
 import gzip
 import hashlib
 import json
+import resource
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -12,6 +16,28 @@ from typing import Callable
 from models.weights import atomic_write_bytes, sha256_file
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxconverter-common", "numpy", "Pillow")
+
+
+def rss_mb() -> dict[str, int]:
+    """This process's resident memory now and its high-water mark so far, in MB (Linux)."""
+    now = 0
+    try:
+        with open("/proc/self/statm") as f:
+            now = int(f.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        pass
+    return {"rss_mb": now // 10**6, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1000}
+
+
+def release_memory() -> None:
+    """Hand memory freed by a stage back to the OS. A large model's stages each need several GB (torch export,
+    onnxsim, sessions); without this glibc keeps the freed arenas and the process peak is their sum."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
 
 
 def tool_versions() -> dict[str, str]:
@@ -60,10 +86,14 @@ class BuildManifest:
         log(f"[{name}] running")
         start = time.perf_counter()
         result = run() or {}
+        seconds = round(time.perf_counter() - start, 2)
+        memory = rss_mb()  # peak_rss_mb rises in the stage that needed the memory
+        release_memory()
         record = {"key": key, "inputs": input_hashes, "params": params, "tools": tools,
                   "outputs": {k: describe_file(p) for k, p in outputs.items()},
-                  "seconds": round(time.perf_counter() - start, 2), "result": result}
+                  "seconds": seconds, "memory": {**memory, "rss_after_release_mb": rss_mb()["rss_mb"]},
+                  "result": result}
         self.data["stages"][name] = record
         self.save()
-        log(f"[{name}] done in {record['seconds']:.1f} s")
+        log(f"[{name}] done in {record['seconds']:.1f} s (process peak RSS {memory['peak_rss_mb'] / 1000:.1f} GB)")
         return record

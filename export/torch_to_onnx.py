@@ -138,19 +138,30 @@ def export_stages(model: nn.Module, config: ModelConfig, paths: dict[str, Path],
     return described
 
 
-def run_stages(sessions_or_paths, x: np.ndarray) -> np.ndarray:
-    """Run stage graphs in order on one input (onnxruntime CPU), each reading its inputs by name from the
-    values so far; returns the last graph's first output. Paths are opened and released one at a time."""
-    values = {INPUT_NAME: x}
-    result = None
+def run_stages(sessions_or_paths, x: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Run stage graphs in order (onnxruntime CPU), each reading its inputs by name from the values so far;
+    returns the last graph's first output — one array for one input, a list for a list of inputs. Stages
+    given as paths are opened once for all inputs and released before the next one opens, like the browser
+    runs them (one session in memory at a time)."""
+    from export.manifest import release_memory
+
+    batch = isinstance(x, list)
+    values = [{INPUT_NAME: one} for one in (x if batch else [x])]
+    results: list[np.ndarray] = []
     for item in sessions_or_paths:
-        session = cpu_session(item) if isinstance(item, (str, Path)) else item
+        opened = isinstance(item, (str, Path))
+        session = cpu_session(item) if opened else item
         names = [i.name for i in session.get_inputs()]
-        outputs = session.run(None, {n: values[n] for n in names})
-        values.update(zip([o.name for o in session.get_outputs()], outputs))
-        result = outputs[0]
-        del session
-    return result
+        out_names = [o.name for o in session.get_outputs()]
+        results = []
+        for v in values:
+            outputs = session.run(None, {n: v[n] for n in names})
+            v.update(zip(out_names, outputs))
+            results.append(outputs[0])
+        if opened:
+            del session
+            release_memory()
+    return results if batch else results[0]
 
 
 def cpu_session(path: Path, threads: int = 2) -> ort.InferenceSession:
