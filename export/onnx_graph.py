@@ -70,8 +70,15 @@ def set_metadata(model: onnx.ModelProto, metadata: dict) -> None:
     model.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=json.dumps(metadata, sort_keys=True)))
 
 
+def load_graph(path_or_model: Path | onnx.ModelProto) -> onnx.ModelProto:
+    """The model itself, or the file read (a single-file graph: no external data)."""
+    if isinstance(path_or_model, onnx.ModelProto):
+        return path_or_model
+    return onnx.load(str(path_or_model), load_external_data=False)
+
+
 def get_metadata(path_or_model: Path | onnx.ModelProto) -> dict:
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model), load_external_data=False)
+    model = load_graph(path_or_model)
     for prop in model.metadata_props:
         if prop.key == METADATA_KEY:
             return json.loads(prop.value)
@@ -93,7 +100,7 @@ def runtime_session_config(path_or_model: Path | onnx.ModelProto) -> dict[str, s
     every weight is dequantized on every run and Conv cannot pre-pack it (in Chromium's WASM: 9.3 s instead
     of fp32's 5.3 s per 1024² IS-Net run). With `session.disable_quant_qdq` the weights fold into fp32
     initializers at load time. Graphs with activation quantization need the QDQ groups: nothing is set."""
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model), load_external_data=False)
+    model = load_graph(path_or_model)
     ops = {node.op_type for node in model.graph.node}
     if "DequantizeLinear" in ops and "QuantizeLinear" not in ops and "DynamicQuantizeLinear" not in ops:
         return {"session.disable_quant_qdq": "1"}
@@ -104,7 +111,7 @@ def webgpu_features(path_or_model: Path | onnx.ModelProto) -> list[str]:
     """WebGPU device features a graph needs: `shader-f16` when it computes in fp16 (a Cast to float16 of a
     computed tensor, as the fp16 variant does after its fp32 input). Weights stored in fp16 and cast up to
     fp32 (int8w's kept layers) do not need it: the casts of initializers fold at load time."""
-    model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model), load_external_data=False)
+    model = load_graph(path_or_model)
     constants = {i.name for i in model.graph.initializer}
     constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     for node in model.graph.node:

@@ -18,7 +18,8 @@ from eval.images import load_rgb, preprocess, sample_photos
 from eval.latency import cpu_latency_ms
 from eval.parity import ParityGateError, compare, gate_failures
 from export.manifest import BuildManifest, describe_file, gzip_size, tool_versions
-from export.torch_to_onnx import INPUT_NAME, cpu_session, export_onnx, export_stages, reference_alpha, run_stages
+from export.torch_to_onnx import (INPUT_NAME, cpu_session, export_onnx, export_stages, reference_alpha, run_stage,
+                                  run_stages)
 from models.checkpoint import load_into, load_model
 from models.registry import ALL_VARIANTS, ModelConfig, Preprocessing, get_model_config
 from models.weights import atomic_write_bytes, pull, sha256_file
@@ -204,9 +205,7 @@ def run_export(opts: ExportOptions) -> dict:
         def load(path: Path) -> dict:
             values = {INPUT_NAME: preprocess(load_rgb(path), pre)}
             for session in earlier:
-                names = [i.name for i in session.get_inputs()]
-                values.update(zip([o.name for o in session.get_outputs()],
-                                  session.run(None, {n: values[n] for n in names})))
+                run_stage(session, values)
             return {n: values[n] for n in wanted}
         return load
 

@@ -138,6 +138,14 @@ def export_stages(model: nn.Module, config: ModelConfig, paths: dict[str, Path],
     return described
 
 
+def run_stage(session: ort.InferenceSession, values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run one stage graph on the named values so far (its inputs by name); add its outputs to `values`
+    and return them."""
+    outputs = session.run(None, {i.name: values[i.name] for i in session.get_inputs()})
+    values.update(zip([o.name for o in session.get_outputs()], outputs))
+    return outputs
+
+
 def run_stages(sessions_or_paths, x: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     """Run stage graphs in order (onnxruntime CPU), each reading its inputs by name from the values so far;
     returns the last graph's first output — one array for one input, a list for a list of inputs. Stages
@@ -151,13 +159,7 @@ def run_stages(sessions_or_paths, x: np.ndarray | list[np.ndarray]) -> np.ndarra
     for item in sessions_or_paths:
         opened = isinstance(item, (str, Path))
         session = cpu_session(item) if opened else item
-        names = [i.name for i in session.get_inputs()]
-        out_names = [o.name for o in session.get_outputs()]
-        results = []
-        for v in values:
-            outputs = session.run(None, {n: v[n] for n in names})
-            v.update(zip(out_names, outputs))
-            results.append(outputs[0])
+        results = [run_stage(session, v)[0] for v in values]
         if opened:
             del session
             release_memory()

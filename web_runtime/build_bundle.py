@@ -20,7 +20,7 @@ from pathlib import Path
 
 import onnx
 
-from export.onnx_graph import runtime_session_config, webgpu_features
+from export.onnx_graph import load_graph, runtime_session_config, webgpu_features
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
@@ -150,7 +150,7 @@ def _checked_graph(build_dir: Path, entry: dict, manifest_path: Path) -> tuple[P
     actual = sha256_file(onnx_path)
     if actual != entry["sha256"]:
         raise BundleError(f"{onnx_path}: sha256 {actual} differs from the build manifest's {entry['sha256']}")
-    return onnx_path, onnx.load(str(onnx_path), load_external_data=False)
+    return onnx_path, load_graph(onnx_path)
 
 
 def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = None,

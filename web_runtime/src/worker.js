@@ -189,10 +189,17 @@ async function warmUp() {
   const [h, w] = manifest.preprocessing.input_size;
   post({ type: 'progress', phase: 'warmup', loaded: 0, total: 1 });
   const input = new ort.Tensor('float32', new Float32Array(3 * h * w), [1, 3, h, w]);
-  const outputs = await session.run({ [manifest.output.input_name]: input });
-  for (const t of Object.values(outputs)) t.dispose?.();
+  await inferAlpha(input);
   input.dispose?.();
   post({ type: 'progress', phase: 'warmup', loaded: 1, total: 1 });
+}
+
+/** The single-graph session on one input tensor → the alpha at model size, copied out of the WASM heap. */
+async function inferAlpha(input) {
+  const outputs = await session.run({ [manifest.output.input_name]: input });
+  const alpha = Float32Array.from(outputs[manifest.output.output_name].data); // copy out before release
+  for (const t of Object.values(outputs)) t.dispose?.();
+  return alpha;
 }
 
 async function webgpuProblem(entry, autoMode) {
@@ -384,9 +391,7 @@ async function cut({ id, source, options }) {
       own.busy--;
     }
   } else {
-    const outputs = await session.run({ [manifest.output.input_name]: input });
-    alphaSmall = Float32Array.from(outputs[manifest.output.output_name].data); // copy out before release
-    for (const t of Object.values(outputs)) t.dispose?.();
+    alphaSmall = await inferAlpha(input);
   }
   clock.push(performance.now());
   input.dispose?.();
