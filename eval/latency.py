@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from common.sessions import cpu_session
+
 
 def cpu_latency_ms(path: Path, x: np.ndarray, runs: int = 5, warmup: int = 1, threads: int = 2,
                    session=None) -> dict:
     """Pass an open `session` (of `path`, on `threads`) to time it without opening a second one."""
-    from export.torch_to_onnx import cpu_session
-
     session = session or cpu_session(path, threads)
     name = session.get_inputs()[0].name
     for _ in range(warmup):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.weights import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 # A variant is "within the quality bound" when its quality score is at most this far below the best row.
 QUALITY_BOUND = 0.01

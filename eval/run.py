@@ -33,7 +33,9 @@ from eval.refine import PARAMS_FILE as REFINE_PARAMS_FILE
 from eval.refine import load_params as load_refine_params
 from eval.refine import refine as refine_alpha
 from models.registry import Preprocessing, get_model_config
-from models.weights import atomic_write_bytes, sha256_file
+from common.contract import INPUT_NAME
+from common.files import atomic_write_bytes, sha256_file
+from common.sessions import cpu_session
 
 REFERENCE_VARIANT = "fp32"
 TORCH_ROW = "torch"
@@ -144,8 +146,6 @@ class Row:
 
 
 def onnx_row(name: str, path: Path, kind: str = "onnx", preprocess=None) -> Row:
-    from export.torch_to_onnx import INPUT_NAME, cpu_session
-
     state = {}
 
     def predict(x):

@@ -63,10 +63,11 @@ def run_step(name: str, step, **args) -> dict:
 def random_model(config_name: str, seed: int = 0):
     """The registry architecture with random weights; offsets small so that deformable sampling moves."""
     import torch
+    from models.architectures import build_model
     from models.registry import get_model_config
 
     torch.manual_seed(seed)
-    model = get_model_config(config_name).build().eval()
+    model = build_model(get_model_config(config_name)).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "offset_conv" in name or "modulator_conv" in name:
@@ -127,7 +128,7 @@ def _onnx_size(path: Path) -> int:
 def step_run(config_name: str, path: str, out: str, runs: int) -> dict:
     import numpy as np
     from eval.images import load_rgb, preprocess, sample_photos
-    from export.torch_to_onnx import cpu_session
+    from common.sessions import cpu_session
     from models.registry import get_model_config
 
     size = _onnx_size(Path(path))
@@ -250,7 +251,7 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
 
     from eval.images import sample_photos
     from models.registry import get_model_config
-    from models.weights import sha256_file
+    from common.files import sha256_file
     from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
     from web_runtime.build_bundle import build_bundle
     from web_runtime.serve import NginxServer
@@ -317,11 +318,12 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
 
 def _stage_io(config_name: str) -> list[tuple[str, list[str], list[str]]]:
     from export.torch_to_onnx import model_stages
+    from models.architectures import build_model
     from models.registry import get_model_config
 
     config = get_model_config(config_name)
     with _meta_device():
-        model = config.build()
+        model = build_model(config)
     return [(name, list(ins), list(outs)) for name, _, ins, outs in model_stages(model, config)]
 
 

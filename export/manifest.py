@@ -1,43 +1,19 @@
 """The build manifest: what each pipeline stage read, did and wrote, so that unchanged stages are skipped."""
 from __future__ import annotations
 
-import ctypes
-import gc
 import gzip
 import hashlib
 import json
-import resource
-import sys
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
-from models.weights import atomic_write_bytes, sha256_file
+from common.contract import BUILD_SCHEMA
+from common.files import atomic_write_bytes, sha256_file
+from common.memory import release_memory, rss_mb
 
 TOOLS = ("torch", "onnx", "onnxruntime", "onnxsim", "onnxconverter-common", "numpy", "Pillow")
-
-
-def rss_mb() -> dict[str, int]:
-    """This process's resident memory now and its high-water mark so far, in MB (Linux)."""
-    now = 0
-    try:
-        with open("/proc/self/statm") as f:
-            now = int(f.read().split()[1]) * resource.getpagesize()
-    except OSError:
-        pass
-    return {"rss_mb": now // 10**6, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1000}
-
-
-def release_memory() -> None:
-    """Hand memory freed by a stage back to the OS. A large model's stages each need several GB (torch export,
-    onnxsim, sessions); without this glibc keeps the freed arenas and the process peak is their sum."""
-    gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:
-            pass
 
 
 def tool_versions() -> dict[str, str]:
@@ -66,7 +42,7 @@ class BuildManifest:
         self.path = Path(path)
         self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.data.setdefault("stages", {})
-        self.data["schema"] = "clearcut.build/1"
+        self.data["schema"] = BUILD_SCHEMA
 
     def save(self) -> None:
         atomic_write_bytes(self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())

@@ -18,11 +18,14 @@ from eval.images import load_rgb, preprocess, sample_photos
 from eval.latency import cpu_latency_ms
 from eval.parity import ParityGateError, compare, gate_failures
 from export.manifest import BuildManifest, describe_file, gzip_size, tool_versions
-from export.torch_to_onnx import (INPUT_NAME, cpu_session, export_onnx, export_stages, reference_alpha, run_stage,
-                                  run_stages)
+from common.contract import INPUT_NAME
+from common.sessions import cpu_session, run_stage, run_stages
+from export.torch_to_onnx import export_onnx, export_stages, reference_alpha
+from models.architectures import build_model
 from models.checkpoint import load_into, load_model
 from models.registry import ALL_VARIANTS, ModelConfig, Preprocessing, get_model_config
-from models.weights import atomic_write_bytes, pull, sha256_file
+from common.files import atomic_write_bytes, sha256_file
+from models.weights import pull
 
 # An imported model must reproduce its source graph this closely on real photos.
 IMPORT_MAX_ABS = 2e-3
@@ -162,7 +165,7 @@ def run_export(opts: ExportOptions) -> dict:
                    do_import, log)
 
     def reference_model() -> torch.nn.Module:
-        return load_into(config.build(), load_file(str(reference)), str(reference))
+        return load_into(build_model(config), load_file(str(reference)), str(reference))
 
     # 3. torch fp32 reference outputs on the parity photos
     ref_outputs = build / "reference_outputs.npz"

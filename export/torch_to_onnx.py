@@ -7,17 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
-from export.onnx_graph import (drop_redundant_ceil_mode, explicit_conv_attributes, runtime_session_config, save_model,
-                               set_metadata)
+from common.contract import INPUT_NAME, OUTPUT_NAME
+from common.onnx_graph import drop_redundant_ceil_mode, explicit_conv_attributes, save_model, set_metadata
 from models.registry import ModelConfig
 
 OPSET = 17
-INPUT_NAME = "input"
-OUTPUT_NAME = "alpha"
 
 
 class AlphaOutput(nn.Module):
@@ -136,41 +133,3 @@ def export_stages(model: nn.Module, config: ModelConfig, paths: dict[str, Path],
         described.append({"name": name, "inputs": list(inputs), "outputs": list(outputs),
                           "shapes": {k: list(values[k].shape) for k in (*inputs, *outputs)}})
     return described
-
-
-def run_stage(session: ort.InferenceSession, values: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run one stage graph on the named values so far (its inputs by name); add its outputs to `values`
-    and return them."""
-    outputs = session.run(None, {i.name: values[i.name] for i in session.get_inputs()})
-    values.update(zip([o.name for o in session.get_outputs()], outputs))
-    return outputs
-
-
-def run_stages(sessions_or_paths, x: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
-    """Run stage graphs in order (onnxruntime CPU), each reading its inputs by name from the values so far;
-    returns the last graph's first output — one array for one input, a list for a list of inputs. Stages
-    given as paths are opened once for all inputs and released before the next one opens, like the browser
-    runs them (one session in memory at a time)."""
-    from export.manifest import release_memory
-
-    batch = isinstance(x, list)
-    values = [{INPUT_NAME: one} for one in (x if batch else [x])]
-    results: list[np.ndarray] = []
-    for item in sessions_or_paths:
-        opened = isinstance(item, (str, Path))
-        session = cpu_session(item) if opened else item
-        results = [run_stage(session, v)[0] for v in values]
-        if opened:
-            del session
-            release_memory()
-    return results if batch else results[0]
-
-
-def cpu_session(path: Path, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    for key, value in runtime_session_config(path).items():
-        options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

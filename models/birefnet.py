@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.deform_conv import DeformableConv2d
+from models.errors import CheckpointError
 from models.swin import SWIN_L, SWIN_T, SwinSpec, SwinTransformer
 
 GRADIENT_CHANNELS = 16  # upstream's _N of the gradient-attention convs
@@ -248,8 +249,6 @@ class BiRefNet(nn.Module):
     def adapt_checkpoint(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Fill the deterministic buffers a checkpoint may leave out (``relative_position_index``, BatchNorm's
         ``num_batches_tracked``); a present index must equal ours, else the file is another window layout."""
-        from models.checkpoint import CheckpointError
-
         state = dict(state)
         for key, value in self.state_dict().items():
             if key.endswith("relative_position_index"):

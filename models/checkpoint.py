@@ -14,13 +14,11 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
+from models.architectures import build_model
+from models.errors import CheckpointError
 from models.registry import ModelConfig
 
 STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be read or does not fit the architecture."""
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -156,7 +154,7 @@ def load_model(config: ModelConfig, weights: Path, weight_format: str | None = N
     """Build ``config``'s architecture and load ``weights`` (state dict or upstream ONNX) strictly."""
     weights = Path(weights)
     fmt = weight_format or ("onnx" if weights.suffix == ".onnx" else "state_dict")
-    model = config.build()
+    model = build_model(config)
     if fmt in ("onnx", "npm-chunked-onnx"):
         state = state_dict_from_onnx(model, weights)
     else:
@@ -174,7 +172,7 @@ def upcast_graph_to_fp32(source: Path, target: Path) -> Path:
     twin isolates the weight import, which must then match to float precision.
     """
     from onnx import TensorProto
-    from models.weights import atomic_write_bytes
+    from common.files import atomic_write_bytes
 
     model = onnx.load(str(source))
     for index, init in enumerate(model.graph.initializer):

@@ -9,9 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Literal
-
-from torch import nn
+from typing import Literal
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -101,7 +99,7 @@ ALL_VARIANTS = SHIPPED_VARIANTS + ("quint8",)
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    architecture: str  # key of ARCHITECTURES
+    architecture: str  # key of models.architectures.ARCHITECTURES
     preprocessing: Preprocessing
     output: OutputSpec
     sources: tuple[WeightSource, ...]
@@ -120,9 +118,6 @@ class ModelConfig:
     # WASM heap. Empty: one graph. The pipeline then exports the stage graphs too and gates their composition.
     browser_stages: tuple[str, ...] = ()
 
-    def build(self) -> nn.Module:
-        return ARCHITECTURES[self.architecture]()
-
     def metadata(self) -> dict:
         """What the exporter writes into ONNX metadata_props and the manifests."""
         return {
@@ -137,35 +132,6 @@ class ModelConfig:
     def metadata_json(self) -> str:
         return json.dumps(self.metadata(), sort_keys=True)
 
-
-def _u2net() -> nn.Module:
-    from models.u2net import U2NET
-    return U2NET()
-
-
-def _u2netp() -> nn.Module:
-    from models.u2net import U2NETP
-    return U2NETP()
-
-
-def _isnet() -> nn.Module:
-    from models.isnet import ISNetDIS
-    return ISNetDIS()
-
-
-def _birefnet(spec_name: str) -> Callable[[], nn.Module]:
-    def build() -> nn.Module:
-        from models import birefnet
-        return birefnet.BiRefNet(getattr(birefnet, spec_name))
-    return build
-
-
-ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
-    "u2net": _u2net, "u2netp": _u2netp, "isnet": _isnet,
-    "birefnet-swin-l": _birefnet("BIREFNET_SWIN_L"),  # RMBG-2.0, BiRefNet general
-    "birefnet-swin-t": _birefnet("BIREFNET_SWIN_T"),  # BiRefNet_lite
-    "birefnet-tiny": _birefnet("BIREFNET_TINY"),  # tests only: same graph, small widths
-}
 
 _ISNET_PRE = Preprocessing(input_size=(1024, 1024), mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0))
 _U2NET_PRE = Preprocessing(input_size=(320, 320), mean=IMAGENET_MEAN, std=IMAGENET_STD, scale="max")

@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+from common.files import CHUNK, atomic_write_bytes, sha256_file
 from models.registry import ModelConfig, WeightSource
-
-CHUNK = 1 << 20
 
 
 class WeightsError(RuntimeError):
@@ -35,29 +33,6 @@ def cache_dir() -> Path:
     """``$CLEARCUT_CACHE`` or ``~/.cache/clearcut``."""
     env = os.environ.get("CLEARCUT_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "clearcut"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _is_pinned(sha256: str) -> bool:

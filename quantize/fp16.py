@@ -8,7 +8,7 @@ from typing import Sequence
 import onnx
 from onnxconverter_common import float16
 
-from export.onnx_graph import save_model
+from common.onnx_graph import save_model
 
 
 def to_fp16(source: Path, target: Path, keep_fp32_ops: Sequence[str] = ()) -> Path:

@@ -14,7 +14,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quantize_dynamic, quantize_static)
 from tqdm import tqdm
 
-from models.weights import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 
 class StreamingReader(CalibrationDataReader):

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.onnx_graph import save_model
+from common.onnx_graph import save_model
 
 WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 MIN_ELEMENTS = 256  # tiny tensors are not worth a DequantizeLinear

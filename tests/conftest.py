@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.architectures import build_model
 from models.registry import get_model_config
 
 SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval-dev"
@@ -14,7 +15,7 @@ SHARED_EVAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "eval-de
 def tiny_u2netp_weights(tmp_path_factory) -> Path:
     """A random-init U^2-NetP checkpoint in upstream format (DataParallel ``module.`` prefix included)."""
     torch.manual_seed(0)
-    model = get_model_config("u2netp").build()
+    model = build_model(get_model_config("u2netp"))
     path = tmp_path_factory.mktemp("weights") / "u2netp_random.pth"
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, path)
     return path
@@ -45,7 +46,7 @@ def birefnet_tiny(tmp_path_factory):
     config = dataclasses.replace(REGISTRY["rmbg-2.0"], name="birefnet-tiny", architecture="birefnet-tiny",
                                  thresholds=loose, description="BiRefNet, tiny test configuration")
     torch.manual_seed(0)
-    model = config.build()
+    model = build_model(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "offset_conv" in name or "modulator_conv" in name:

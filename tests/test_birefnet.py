@@ -14,9 +14,10 @@ from safetensors.torch import save_file
 
 from eval.images import sample_photos
 from export.cli import main as cli_main
-from export.onnx_graph import get_metadata
+from common.onnx_graph import get_metadata
 from export.pipeline import ExportOptions, run_export
-from export.torch_to_onnx import cpu_session
+from common.sessions import cpu_session
+from models.architectures import build_model
 from models.checkpoint import CheckpointError, load_model
 from models.deform_conv import (DeformableConv2d, deform_conv2d, deform_conv2d_reference, taps_per_chunk)
 from models.registry import REGISTRY, get_model_config
@@ -132,7 +133,7 @@ UPSTREAM_LITE = {
 
 def _meta_state(name: str) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        return get_model_config(name).build().state_dict()
+        return build_model(get_model_config(name)).state_dict()
 
 
 def test_upstream_names_and_shapes_lite():
@@ -162,7 +163,7 @@ def _safetensors_size(state: dict[str, torch.Tensor], float_dtype: torch.dtype) 
 
 def test_safetensors_size_formula_is_the_library_s(tmp_path, birefnet_tiny):
     _, path = birefnet_tiny
-    state = {k: v for k, v in get_model_config("birefnet-tiny").build().state_dict().items()}
+    state = {k: v for k, v in build_model(get_model_config("birefnet-tiny")).state_dict().items()}
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "t.safetensors"), metadata={"format": "pt"})
     assert _safetensors_size(state, torch.float32) == (tmp_path / "t.safetensors").stat().st_size
 
@@ -211,11 +212,11 @@ def test_wrong_checkpoints_are_named(tmp_path, birefnet_tiny):
     with pytest.raises(CheckpointError, match=r"does not fit BiRefNet: .*other shapes: bb\.patch_embed"):
         load_model(get_model_config("birefnet-lite"), tiny)
     u2netp = tmp_path / "u2netp.pth"
-    torch.save(get_model_config("u2netp").build().state_dict(), u2netp)
+    torch.save(build_model(get_model_config("u2netp")).state_dict(), u2netp)
     with pytest.raises(CheckpointError, match=r"missing: bb\.patch_embed\.proj\.weight.*unexpected: stage1"):
         load_model(get_model_config("birefnet-tiny"), u2netp)
     bad = tmp_path / "other_window.safetensors"
-    state = {k: v.clone() for k, v in get_model_config("birefnet-tiny").build().state_dict().items()}
+    state = {k: v.clone() for k, v in build_model(get_model_config("birefnet-tiny")).state_dict().items()}
     state["bb.layers.0.blocks.0.attn.relative_position_index"] = state[
         "bb.layers.0.blocks.0.attn.relative_position_index"].flip(0)
     save_file({k: v.contiguous() for k, v in state.items()}, str(bad))
@@ -295,7 +296,7 @@ def test_fp16_keeps_normalisation_softmax_and_sampling_in_fp32(tiny_export):
 def test_tiny_browser_stages_compose_to_the_whole_graph(tiny_export):
     # BiRefNet's registry entries ship as two graphs run in sequence (backbone, decoder); the pipeline exports
     # them from the same weights, makes every variant of each, and gates the composition against torch.
-    from export.torch_to_onnx import run_stages
+    from common.sessions import run_stages
 
     build, data = tiny_export
     assert data["gate"]["passed"], data["gate"]

@@ -7,7 +7,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from models.checkpoint import CheckpointError, load_model, read_state_dict
-from models.registry import ARCHITECTURES, REGISTRY, get_model_config
+from models.architectures import ARCHITECTURES, build_model
+from models.registry import REGISTRY, get_model_config
 
 ARCH_MODEL = {"u2net": "u2net", "u2netp": "u2netp", "isnet": "isnet-imgly"}
 
@@ -50,7 +51,7 @@ def test_isnet_has_119_convs_and_u2net_sizes():
 def test_strict_load_roundtrip(arch, fmt, tmp_path):
     config = get_model_config(ARCH_MODEL[arch])
     torch.manual_seed(1)
-    source = config.build().eval()
+    source = build_model(config).eval()
     state = source.state_dict()
     path = tmp_path / f"w.{fmt}"
     if fmt == "pth":
@@ -68,7 +69,7 @@ def test_strict_load_roundtrip(arch, fmt, tmp_path):
 
 def test_wrong_architecture_is_named(tmp_path):
     path = tmp_path / "u2netp.pth"
-    torch.save(get_model_config("u2netp").build().state_dict(), path)
+    torch.save(build_model(get_model_config("u2netp")).state_dict(), path)
     with pytest.raises(CheckpointError, match=r"does not fit U2NET: .*other shapes: stage1"):
         load_model(get_model_config("u2net"), path)
     with pytest.raises(CheckpointError, match=r"does not fit ISNetDIS: .*missing: conv_in.weight"):
@@ -78,7 +79,7 @@ def test_wrong_architecture_is_named(tmp_path):
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_corrupt_checkpoint_is_refused(tmp_path, suffix):
     good = tmp_path / f"good{suffix}"
-    state = get_model_config("u2netp").build().state_dict()
+    state = build_model(get_model_config("u2netp")).state_dict()
     if suffix == ".pth":
         torch.save(state, good)
     else:

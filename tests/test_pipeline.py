@@ -10,9 +10,9 @@ import pytest
 
 from eval.images import load_rgb, preprocess, sample_photos
 from eval.parity import ParityGateError
-from export.onnx_graph import get_metadata
+from common.onnx_graph import get_metadata
 from export.pipeline import ExportOptions, run_export
-from export.torch_to_onnx import cpu_session
+from common.sessions import cpu_session
 from models.registry import ALL_VARIANTS, REGISTRY, ParityThresholds, get_model_config
 
 SIZE = 64

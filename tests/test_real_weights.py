@@ -8,7 +8,7 @@ import pytest
 from eval.images import alpha_to_image_size, load_rgb, preprocess, sample_photos
 from eval.parity import iou_at
 from export.pipeline import ExportOptions, run_export
-from export.torch_to_onnx import cpu_session
+from common.sessions import cpu_session
 from models.registry import DEFAULT_MODEL, get_model_config
 from tests.conftest import SHARED_EVAL
 

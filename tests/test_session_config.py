@@ -3,8 +3,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from export.onnx_graph import runtime_session_config
-from export.torch_to_onnx import cpu_session
+from common.onnx_graph import runtime_session_config
+from common.sessions import cpu_session
 
 
 def _conv_graph(quantize_activations: bool) -> onnx.ModelProto:

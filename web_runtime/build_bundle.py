@@ -9,7 +9,6 @@ sha256; the runtime verifies each chunk before use. The output folder is replace
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import os
@@ -20,7 +19,9 @@ from pathlib import Path
 
 import onnx
 
-from export.onnx_graph import load_graph, runtime_session_config, webgpu_features
+from common.contract import BUNDLE_SCHEMA
+from common.files import sha256_file, sri
+from common.onnx_graph import load_graph, runtime_session_config, webgpu_features
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
@@ -66,18 +67,6 @@ MIME_TYPES = {
 
 class BundleError(RuntimeError):
     """The build folder or the npm packages cannot make a bundle."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(MIB), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sri(data: bytes) -> str:
-    return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()
 
 
 def ort_version() -> str:
@@ -234,7 +223,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         (tmp / "nginx.conf.snippet").write_text(nginx_types() + nginx_locations(ort_dir))
 
         manifest = {
-            "schema": "clearcut.bundle/1",
+            "schema": BUNDLE_SCHEMA,
             "model": build["model"],
             "preprocessing": build["preprocessing"],
             "output": build["output"],

@@ -55,11 +55,12 @@ def pytest_collection_modifyitems(config, items):
 def tiny_build(tmp_path_factory) -> Path:
     """`build/u2netp/` of a random-init U^2-NetP exported at 64 px (fp32, fp16)."""
     import torch
+    from models.architectures import build_model
     from models.registry import get_model_config
 
     root = tmp_path_factory.mktemp("tinybuild")
     torch.manual_seed(0)
-    model = get_model_config("u2netp").build()
+    model = build_model(get_model_config("u2netp"))
     torch.save(model.state_dict(), root / "u2netp_rand.pth")
     subprocess.run([sys.executable, "-m", "export.cli", "export", "--model", "u2netp", "--weights",
                     str(root / "u2netp_rand.pth"), "--size", "64", "--variants", "fp32,fp16", "--out", str(root)],
@@ -229,7 +230,7 @@ def python_alpha(onnx_path: Path | list[Path], manifest: dict, rgb: np.ndarray) 
     pre = Preprocessing(input_size=tuple(p["input_size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
                         scale=p["scale"], resize=p["resize"], channel_order=p["channel_order"], layout=p["layout"])
     if isinstance(onnx_path, (list, tuple)):
-        from export.torch_to_onnx import run_stages
+        from common.sessions import run_stages
         return alpha_to_image_size(run_stages(onnx_path, preprocess(rgb, pre))[0, 0], rgb.shape[:2])
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     out = manifest["output"]

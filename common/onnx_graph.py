@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 from onnx import helper, shape_inference
 
-from models.weights import atomic_write_bytes
+from common.files import atomic_write_bytes
 
 METADATA_KEY = "clearcut"
 

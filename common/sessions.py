@@ -1,0 +1,48 @@
+"""onnxruntime CPU sessions, opened with the settings the graph itself asks for, and graphs run in sequence."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from common.contract import INPUT_NAME
+from common.memory import release_memory
+from common.onnx_graph import runtime_session_config
+
+
+def cpu_session(path: Path, threads: int = 2) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    for key, value in runtime_session_config(path).items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_stage(session: ort.InferenceSession, values: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run one graph on the named values so far (its inputs by name); add its outputs to `values` and return
+    them."""
+    outputs = session.run(None, {i.name: values[i.name] for i in session.get_inputs()})
+    values.update(zip([o.name for o in session.get_outputs()], outputs))
+    return outputs
+
+
+def run_stages(sessions_or_paths: Sequence, x: np.ndarray | list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Run graphs in order (onnxruntime CPU), each reading its inputs by name from the values so far;
+    returns the last graph's first output — one array for one input, a list for a list of inputs. A single
+    graph is the one-element case. Graphs given as paths are opened once for all inputs and released before
+    the next one opens, like the browser runs them (one session in memory at a time)."""
+    batch = isinstance(x, list)
+    values = [{INPUT_NAME: one} for one in (x if batch else [x])]
+    results: list[np.ndarray] = []
+    for item in sessions_or_paths:
+        opened = isinstance(item, (str, Path))
+        session = cpu_session(item) if opened else item
+        results = [run_stage(session, v)[0] for v in values]
+        if opened:
+            del session
+            release_memory()
+    return results if batch else results[0]
