@@ -5,7 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.registry import ALL_VARIANTS, DEFAULT_MODEL, REGISTRY, get_model_config
+from models.registry import DEFAULT_MODEL, REGISTRY, get_model_config
+from quantize.recipes import ALL_VARIANTS
 
 
 def _images(folder: str | None) -> list[Path] | None:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             from export.pipeline import ExportOptions, run_export
             run_export(ExportOptions(
-                model=args.model,
+                config=get_model_config(args.model),
                 variants=[v for v in args.variants.split(",") if v] or None,
                 weights=Path(args.weights) if args.weights else None,
                 input_size=(args.size, args.size) if args.size else None,

@@ -92,8 +92,7 @@ DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
     "quint8": ParityThresholds(),
 }
 
-SHIPPED_VARIANTS = ("fp32", "fp16", "int8w", "int8")
-ALL_VARIANTS = SHIPPED_VARIANTS + ("quint8",)
+SHIPPED_VARIANTS = ("fp32", "fp16", "int8w", "int8")  # every variant name: quantize.recipes.ALL_VARIANTS
 
 
 @dataclass(frozen=True)

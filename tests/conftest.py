@@ -40,7 +40,8 @@ def birefnet_tiny(tmp_path_factory):
 
     from safetensors.torch import save_file
 
-    from models.registry import ALL_VARIANTS, REGISTRY, ParityThresholds
+    from models.registry import REGISTRY, ParityThresholds
+    from quantize.recipes import ALL_VARIANTS
 
     loose = {v: ParityThresholds(max_abs=1e-4) if v == "fp32" else ParityThresholds(iou_mean=0.0) for v in ALL_VARIANTS}
     config = dataclasses.replace(REGISTRY["rmbg-2.0"], name="birefnet-tiny", architecture="birefnet-tiny",

@@ -17,6 +17,7 @@ from eval.images import ImageError
 from eval.metrics import boundary_scores, image_metrics, summarize
 from eval.refine import load_params, refine
 from export.pipeline import ExportOptions, run_export
+from models.registry import get_model_config
 
 SIZE = 64
 
@@ -139,7 +140,7 @@ def test_empty_or_wrong_folders_are_refused(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_build(tmp_path_factory, tiny_u2netp_weights):
     out = tmp_path_factory.mktemp("build")
-    run_export(ExportOptions(model="u2netp", variants=["fp32", "fp16"], weights=tiny_u2netp_weights,
+    run_export(ExportOptions(config=get_model_config("u2netp"), variants=["fp32", "fp16"], weights=tiny_u2netp_weights,
                              input_size=(SIZE, SIZE), out_dir=out, latency_runs=1, log=lambda *_: None))
     return out
 

@@ -21,6 +21,7 @@ import onnx
 
 from common.contract import BUNDLE_SCHEMA
 from common.files import sha256_file, sri
+from common.manifest_schema import ManifestError, parse_bundle_manifest, to_json
 from common.onnx_graph import load_graph, runtime_session_config, webgpu_features
 
 HERE = Path(__file__).resolve().parent
@@ -240,7 +241,9 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
                          "build_tools": build.get("tools", {})},
             "source": build.get("source", {}),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        # Written from the parsed contract (common/manifest_schema.py): a field that does not fit fails here.
+        contract = parse_bundle_manifest(manifest, f"bundle manifest of {manifest_path}")
+        (tmp / "manifest.json").write_text(json.dumps(to_json(contract), indent=1) + "\n")
         _stamp_demo(tmp, files)
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_bundle(Path(args.build), Path(args.out), [v for v in args.variants.split(",") if v] or None,
                                 backends, int(args.chunk_mib * MIB), stages=not args.single_graph)
-    except BundleError as err:
+    except (BundleError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     total = sum(f["bytes"] for f in manifest["files"].values())

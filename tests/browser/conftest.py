@@ -19,11 +19,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from web_runtime.build_bundle import ORT_PACKAGE, build_bundle  # noqa: E402
+from web_runtime.chromium import CHROMIUM, launch  # noqa: E402
 from web_runtime.serve import NginxServer, find_nginx  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 REAL_BUILD = REPO / "build" / "isnet-imgly"
 TINY_CHUNK_BYTES = 1024 * 1024  # several chunks even for the tiny model
 
@@ -139,7 +137,7 @@ def playwright_instance():
 
 @pytest.fixture(scope="session")
 def browser(playwright_instance):
-    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    browser = launch(playwright_instance)
     yield browser
     browser.close()
 
