@@ -224,9 +224,7 @@ def python_alpha(onnx_path: Path | list[Path], manifest: dict, rgb: np.ndarray) 
     from eval.images import alpha_to_image_size, preprocess
     from models.registry import Preprocessing
 
-    p = manifest["preprocessing"]
-    pre = Preprocessing(input_size=tuple(p["input_size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
-                        scale=p["scale"], resize=p["resize"], channel_order=p["channel_order"], layout=p["layout"])
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
     if isinstance(onnx_path, (list, tuple)):
         from common.sessions import run_stages
         return alpha_to_image_size(run_stages(onnx_path, preprocess(rgb, pre))[0, 0], rgb.shape[:2])
