@@ -238,6 +238,7 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
     from models.registry import get_model_config
     from common.files import sha256_file
     from web_runtime.chromium import launch
+    from export.pipeline import model_info, output_info
     from web_runtime.build_bundle import build_bundle
     from web_runtime.serve import NginxServer
 
@@ -252,9 +253,9 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
         build_variants[variant] = {"stages": stages}
     pre = replace(config.preprocessing, input_size=(size, size))
     (out / "manifest.json").write_text(json.dumps({
-        "model": {"name": config_name, "licence": config.licence, "licence_note": config.licence_note},
+        "model": model_info(config),
         "preprocessing": pre.to_dict(),
-        "output": {**config.output.to_dict(), "input_name": "input", "output_name": "alpha"},
+        "output": output_info(config),
         "variants": build_variants}))
     www = out / "www"
     shutil.rmtree(www, ignore_errors=True)

@@ -263,11 +263,10 @@ def run_export(opts: ExportOptions) -> dict:
     parity, failures = gate(build, results)
     atomic_write_bytes(build.dir / "parity.json", (json.dumps(parity, indent=2) + "\n").encode())
     manifest.data.update({
-        "model": {"name": config.name, "architecture": config.architecture, "description": config.description,
-                  "licence": config.licence, "licence_note": config.licence_note},
+        "model": model_info(config),
         "source": source_record,
         "preprocessing": build.pre.to_dict(),
-        "output": {**config.output.to_dict(), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME},
+        "output": output_info(config),
         "variants": {v: describe_variant(build, v, parity[v], manifest.data.get("variants", {}).get(v, {}))
                      for v in build.variants},
         "parity_images": [p.name for p in build.images],
@@ -304,6 +303,17 @@ def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[
             else:
                 parity[variant] = numbers
     return parity, failures
+
+
+def model_info(config: ModelConfig) -> dict:
+    """The manifests' ``model`` object (common.manifest_schema.ModelInfo)."""
+    return {"name": config.name, "architecture": config.architecture, "description": config.description,
+            "licence": config.licence, "licence_note": config.licence_note}
+
+
+def output_info(config: ModelConfig) -> dict:
+    """The manifests' ``output`` object (common.manifest_schema.Output): what the graph returns, by name."""
+    return {**config.output.to_dict(), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME}
 
 
 def describe_variant(build: Build, variant: str, parity: dict, previous: dict) -> dict:
