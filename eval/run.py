@@ -40,12 +40,6 @@ class EvalError(RuntimeError):
     """The evaluation cannot start (missing build, unknown variant, ...)."""
 
 
-def _preprocessing(manifest: dict) -> Preprocessing:
-    pre = dict(manifest["preprocessing"])
-    pre["input_size"], pre["mean"], pre["std"] = tuple(pre["input_size"]), tuple(pre["mean"]), tuple(pre["std"])
-    return Preprocessing(**pre)
-
-
 def load_manifest(build_dir: Path, model: str) -> dict:
     path = build_dir / model / "manifest.json"
     if not path.is_file():
@@ -173,7 +167,7 @@ def evaluate(model: str, variants: list[str] | None, data: Path | None, build_di
              progress: bool = True, log=print, refine: bool = True, brotli_quality: int = BROTLI_QUALITY) -> dict:
     """report.json's content: every row on every photo, then each row summed up with its size and speed."""
     manifest = load_manifest(build_dir, model)
-    names, pre = select_variants(manifest, variants), _preprocessing(manifest)
+    names, pre = select_variants(manifest, variants), Preprocessing.from_dict(manifest["preprocessing"])
     samples, problems = select_samples(data, limit, log)
     rows = build_rows(model, manifest, build_dir / model, names, use_torch, peers, refine, progress, log)
     reference = next(row for row in rows if row.name == REFERENCE_VARIANT)
