@@ -1,0 +1,190 @@
+"""The coded variants' recipe: fp32 graph → int8 QDQ base → conv input statistics → every layer coded at every
+width → widths allocated for the budget → the coded int8 ONNX (the variant file, gated like any variant) and
+its ``.ccw`` container beside it, checked to decode to the same bytes.
+
+The slow parts are cached (``$CLEARCUT_CACHE/codec/``), keyed by what they are computed from, so that the
+variants of several budgets share them: the conv input moments (fp32 graph sha256 + photo sha256s, ~2.6 GB for
+IS-Net at 1024²) and the table of coded layers (+ the int8 base's sha256 and the codec options).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from common.files import atomic_write_bytes, sha256_file
+from common.onnx_graph import save_model
+from models.weights import cache_dir
+from quantize import ccw
+from quantize.codec import (DAMP, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply, code_layer,
+                            container_tensors, layers_of, widths_for)
+from quantize.codec_stats import InputMoments, collect_moments, conv_specs, load_moments, save_moments
+
+REPO_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "calib-photos"
+CODEC_VERSION = 1  # bump when the coded table's meaning changes (keys the cache)
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+@dataclass(frozen=True)
+class CodecSettings:
+    budget: float  # average bits per Conv weight (uncoded layers count 8)
+    layout: str = "aligned"  # index storage: "aligned" (1/2/4/8 bits, for brotli) or "packed"
+    damp: float = DAMP
+    refits: int = REFITS
+    keep_first_last: bool = True  # the first Conv (sees the image) and the last (the alpha head) stay int8
+
+
+def codec_photos(build_photos: Sequence[Path], extra: Path | None = REPO_PHOTOS) -> list[Path]:
+    """The photos whose conv inputs the codec measures: the repository's unlabelled calibration set
+    (data/calib-photos, when present) and the build's calibration photos, each once."""
+    repo = sorted(p for p in extra.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES) if extra and extra.is_dir() else []
+    return list({p.resolve(): p for p in [*repo, *build_photos]}.values())
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def moments_for(fp32: Path, photos: Sequence[Path], load: Callable, specs, log) -> dict[str, InputMoments]:
+    from quantize.codec_stats import MAX_POSITIONS, MIN_POSITIONS, PATCH_BUDGET
+    key = _key("moments", sha256_file(fp32), [sha256_file(p) for p in photos], MAX_POSITIONS, MIN_POSITIONS,
+               PATCH_BUDGET)
+    folder = cache_dir() / "codec" / f"moments-{key}"
+    if not (folder / "index.txt").is_file():
+        start = time.perf_counter()
+        moments = collect_moments(fp32, photos, load, specs, progress=lambda i, n, _: log(
+            f"  codec: conv input moments {i}/{n} photos ({time.perf_counter() - start:.0f} s)"))
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        save_moments(moments, partial)
+        partial.rename(folder)
+        del moments
+    return load_moments(folder)
+
+
+def coded_table(layers: Sequence[Layer], moments: dict[str, InputMoments], int8: onnx.ModelProto, key: str,
+                settings: CodecSettings, log) -> dict[str, dict[int, Coded]]:
+    """Every layer at every width below 8 (cached as one .npz)."""
+    path = cache_dir() / "codec" / f"table-{key}.npz"
+    if path.is_file():
+        return _load_table(path, layers)
+    initializers = {i.name: i for i in int8.graph.initializer}
+    table: dict[str, dict[int, Coded]] = {}
+    start = time.perf_counter()
+    for n, layer in enumerate(layers):
+        q8 = numpy_helper.to_array(initializers[layer.qdq.weight]).reshape(layer.w.shape)
+        bias_scale = (numpy_helper.to_array(initializers[layer.qdq.bias_scale]).astype(np.float64)
+                      if layer.qdq.bias else None)
+        by_bits = table[layer.spec.node] = code_layer(layer, moments[layer.spec.weight], widths_for(layer.size), q8, bias_scale,
+                                                      settings.damp, settings.refits)
+        log(f"  codec: {n + 1}/{len(layers)} {layer.spec.node} {layer.w.shape} "
+            + " ".join(f"{b}b {c.error:.1e}" for b, c in by_bits.items())
+            + f" ({time.perf_counter() - start:.0f} s)")
+    _save_table(path, table)
+    return table
+
+
+def _save_table(path: Path, table: dict[str, dict[int, Coded]]) -> None:
+    arrays, meta = {}, {}
+    for i, (node, by_bits) in enumerate(table.items()):
+        meta[node] = {}
+        for b, c in by_bits.items():
+            arrays[f"{i}_{b}_q"] = c.q
+            if c.bias_delta is not None:
+                arrays[f"{i}_{b}_bias"] = c.bias_delta
+            meta[node][b] = [i, c.error]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, **arrays)
+    partial.rename(path)
+
+
+def _load_table(path: Path, layers: Sequence[Layer]) -> dict[str, dict[int, Coded]]:
+    data = np.load(path)
+    meta = json.loads(data["meta"].tobytes())
+    table = {}
+    for node, by_bits in meta.items():
+        table[node] = {}
+        for b, (i, error) in by_bits.items():
+            bias = data[f"{i}_{b}_bias"] if f"{i}_{b}_bias" in data else None
+            table[node][int(b)] = Coded(int(b), data[f"{i}_{b}_q"], bias, error)
+    return table
+
+
+def index_rate(q: np.ndarray, bits: int) -> float:
+    """Bits per weight an entropy coder needs for ``q``'s palette indices (order-0 entropy over the tensor)."""
+    if bits >= 8:
+        return 8.0
+    _, indices = ccw.row_palettes(q, bits)
+    counts = np.bincount(indices.reshape(-1), minlength=1 << bits)
+    p = counts[counts > 0] / indices.size
+    return float(-(p * np.log2(p)).sum())
+
+
+def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path], load: Callable,
+               settings: CodecSettings, log: Callable[[str], None] = print) -> dict:
+    """Write the coded variant ``target`` and its container ``target.with_suffix('.ccw')``; returns what the
+    build manifest records."""
+    fp32_model = onnx.load(str(fp32))
+    int8 = onnx.load(str(int8_base))
+    layers = layers_of(fp32_model, int8)
+    specs = [layer.spec for layer in layers]
+    del fp32_model
+    moments = moments_for(fp32, photos, load, specs, log)
+    key = _key("table", CODEC_VERSION, sha256_file(fp32), sha256_file(int8_base), [sha256_file(p) for p in photos],
+               settings.damp, settings.refits, WIDTHS, LARGE_LAYER)
+    table = coded_table(layers, moments, int8, key, settings, log)
+    del moments
+    sizes = {layer.spec.node: layer.size for layer in layers}
+    errors = {node: {b: c.error for b, c in by_bits.items()} for node, by_bits in table.items()}
+    fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
+    rates = {}
+
+    def rate(node: str, bits: int) -> float:
+        if settings.layout == "packed":
+            return float(bits)
+        if (node, bits) not in rates:
+            rates[node, bits] = index_rate(table[node][bits].q, bits)
+        return rates[node, bits]
+
+    allocation = allocate(sizes, errors, settings.budget, rate, fixed=fixed)
+    coded = {node: table[node][b] for node, b in allocation.bits.items()}
+    model = apply(int8, layers, coded)
+    save_model(model, target)
+    onnx_bytes = target.read_bytes()
+    container = ccw.encode(onnx_bytes, container_tensors(layers, allocation.bits, settings.layout))
+    if ccw.decode(container) != onnx_bytes:
+        raise RuntimeError(f"{target.name}: the .ccw container does not decode to the written ONNX")
+    ccw_path = target.with_suffix(".ccw")
+    atomic_write_bytes(ccw_path, container)
+    return {
+        "container": {"path": ccw_path.name, "sha256": sha256_file(ccw_path), "bytes": len(container),
+                      "brotli_bytes": _brotli_size(container), **ccw.summary(container)},
+        "allocation": {"average_bits": round(allocation.average_bits, 4),
+                       "entropy_bits": round(sum(sizes[n] * rate(n, b) for n, b in allocation.bits.items())
+                                             / sum(sizes.values()), 4),
+                       "layers": {layer.spec.node: {"bits": allocation.bits[layer.spec.node],
+                                                    "weights": layer.size,
+                                                    "error": float(f"{coded[layer.spec.node].error:.4g}"),
+                                                    "int8_error": float(f"{table[layer.spec.node][8].error:.4g}")}
+                                  for layer in layers}},
+        "settings": asdict(settings),
+    }
+
+
+def _brotli_size(data: bytes, quality: int = 9) -> int | None:
+    try:
+        import brotli
+    except ImportError:
+        return None
+    return len(brotli.compress(data, quality=quality, lgwin=22))
