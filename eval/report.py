@@ -41,15 +41,18 @@ def recommend(report: dict) -> dict:
 
 def table(report: dict) -> str:
     with_gt = any(r.get("quality") for r in report["rows"])
-    header = ["row", "MB", "gzip MB", "br MB", "mean abs", "IoU mean", "IoU worst"]
+    coded = any(r["size"].get("ccw") for r in report["rows"])
+    header = ["row", "MB", "gzip MB", "br MB"] + (["ccw MB", "ccw br MB"] if coded else []) + ["mean abs", "IoU mean", "IoU worst"]
     if with_gt:
         header += ["MAE", "maxF", "meanF", "S", "E", "wF", "bndF", "bndIoU"]
     header += ["CPU ms", "peak MB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in report["rows"]:
         p, s = r["parity"], r["size"]
-        cells = [r["name"], _mb(s["bytes"]), _mb(s["gzip_bytes"]), _mb(s.get("brotli_bytes")),
-                 f"{p['mean_abs']:.2e}", _num(p["iou_mean"]), _num(p["iou_worst"])]
+        cells = [r["name"], _mb(s["bytes"]), _mb(s["gzip_bytes"]), _mb(s.get("brotli_bytes"))]
+        if coded:
+            cells += [_mb((s.get("ccw") or {}).get("bytes")), _mb((s.get("ccw") or {}).get("brotli_bytes"))]
+        cells += [f"{p['mean_abs']:.2e}", _num(p["iou_mean"]), _num(p["iou_worst"])]
         if with_gt:
             q = r.get("quality") or {}
             cells += [_num(q.get(k)) for k in ("mae", "max_f", "mean_f", "s_measure", "e_measure", "weighted_f",
@@ -127,7 +130,8 @@ def _markdown(report: dict, rec: dict) -> str:
              f"- best quality: {describe(rec['best_quality'])}",
              f"- fastest: {describe(rec['fastest'])}", "",
              *_refine_section(report),
-             f"Columns: sizes in MB (10^6 bytes; brotli at quality {_brotli_quality(report)}, window 2^22); mean abs and "
+             f"Columns: sizes in MB (10^6 bytes; brotli at quality {_brotli_quality(report)}, window 2^22; ccw: a coded "
+             "variant's weight container, what ships for it); mean abs and "
              "IoU@0.5 vs fp32; MAE, max/mean F-beta (beta²=0.3), S-measure, E-measure (mean), weighted F from "
              "pysodmetrics; bndF / bndIoU: boundary F and Boundary IoU within a band of 1 % of the image "
              "diagonal around the edge; peak MB: peak RSS a fresh process gains while it opens "

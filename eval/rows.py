@@ -39,7 +39,16 @@ BROTLI_QUALITY = 9
 
 
 def download_sizes(path: Path, recorded: dict, sha256: str, brotli_quality: int = BROTLI_QUALITY) -> dict:
-    """Raw, gzip (-9) and, when the `brotli` module is importable, brotli sizes of the model file."""
+    """Raw, gzip (-9) and, when the `brotli` module is importable, brotli sizes of the model file; for a coded
+    variant (a ``.ccw`` weight container beside it, quantize/ccw.py) also the container's, under ``ccw``."""
+    sizes = _sizes(path, recorded, sha256, brotli_quality)
+    container = path.with_suffix(".ccw")
+    if container.is_file():
+        sizes["ccw"] = {"file": container.name, **_sizes(container, {}, "", brotli_quality)}
+    return sizes
+
+
+def _sizes(path: Path, recorded: dict, sha256: str, brotli_quality: int) -> dict:
     sizes = {"bytes": path.stat().st_size}
     if recorded.get("sha256") == sha256 and recorded.get("gzip_bytes"):
         sizes["gzip_bytes"] = recorded["gzip_bytes"]
@@ -167,7 +176,9 @@ class OnnxVariantRow(ModelRow):
             bench.log(f"download sizes: {self.name} (gzip -9, brotli q{bench.brotli_quality})")
             return download_sizes(self.file, self.recorded, self.sha256, bench.brotli_quality)
 
-        return bench.cache.get_or_measure(SIZE, f"{self.sha256[:32]}-br{bench.brotli_quality}", measure)
+        container = self.file.with_suffix(".ccw")
+        tag = f"-ccw{sha256_file(container)[:16]}" if container.is_file() else ""
+        return bench.cache.get_or_measure(SIZE, f"{self.sha256[:32]}-br{bench.brotli_quality}{tag}", measure)
 
     def cpu_latency(self, bench: Bench) -> dict:
         def measure() -> dict:

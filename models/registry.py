@@ -96,6 +96,10 @@ DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
     # imgly's "small" recipe, a comparison row only; never shipped by default.
     "quint8": ParityThresholds(),
 }
+# Coded variants (quantize/codec.py): the int8 graph with its conv weights on per-row palettes, the value the
+# average entropy-coded bits per conv weight. They compute exactly as int8 does: int8's thresholds.
+CODED_VARIANTS: dict[str, float] = {"int8p2": 2.0, "int8p2_5": 2.5, "int8p3": 3.0, "int8p4": 4.0}
+DEFAULT_THRESHOLDS.update({name: DEFAULT_THRESHOLDS["int8"] for name in CODED_VARIANTS})
 
 SHIPPED_VARIANTS = ("fp32", "fp16", "int8w", "int8")  # every variant name: quantize.recipes.ALL_VARIANTS
 

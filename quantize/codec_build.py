@@ -20,14 +20,16 @@ from typing import Callable, Sequence
 import numpy as np
 import onnx
 from onnx import numpy_helper
+from threadpoolctl import threadpool_limits
 
 from common.files import atomic_write_bytes, sha256_file
 from common.onnx_graph import save_model
 from models.weights import cache_dir
 from quantize import ccw
-from quantize.codec import (DAMP, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply, code_layer,
+from quantize.codec import (DAMP, DAMP_MAX, DAMP_MIN, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply, code_layer,
                             container_tensors, layers_of, widths_for)
-from quantize.codec_stats import InputMoments, collect_moments, conv_specs, load_moments, save_moments
+from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, conv_specs, load_moments,
+                                  save_moments)
 
 REPO_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "calib-photos"
 CODEC_VERSION = 1  # bump when the coded table's meaning changes (keys the cache)
@@ -84,8 +86,10 @@ def coded_table(layers: Sequence[Layer], moments: dict[str, InputMoments], int8:
         q8 = numpy_helper.to_array(initializers[layer.qdq.weight]).reshape(layer.w.shape)
         bias_scale = (numpy_helper.to_array(initializers[layer.qdq.bias_scale]).astype(np.float64)
                       if layer.qdq.bias else None)
-        by_bits = table[layer.spec.node] = code_layer(layer, moments[layer.spec.weight], widths_for(layer.size), q8, bias_scale,
-                                                      settings.damp, settings.refits)
+        # small layers: one BLAS thread (OpenBLAS threads cost more than they save on small matrices)
+        with threadpool_limits(1 if layer.spec.columns < SMALL_COLUMNS else None, user_api="blas"):
+            by_bits = table[layer.spec.node] = code_layer(layer, moments[layer.spec.weight], widths_for(layer.size),
+                                                          q8, bias_scale, settings.damp, settings.refits)
         log(f"  codec: {n + 1}/{len(layers)} {layer.spec.node} {layer.w.shape} "
             + " ".join(f"{b}b {c.error:.1e}" for b, c in by_bits.items())
             + f" ({time.perf_counter() - start:.0f} s)")
@@ -142,7 +146,7 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     del fp32_model
     moments = moments_for(fp32, photos, load, specs, log)
     key = _key("table", CODEC_VERSION, sha256_file(fp32), sha256_file(int8_base), [sha256_file(p) for p in photos],
-               settings.damp, settings.refits, WIDTHS, LARGE_LAYER)
+               settings.damp, settings.refits, WIDTHS, LARGE_LAYER, DAMP_MIN, DAMP_MAX)
     table = coded_table(layers, moments, int8, key, settings, log)
     del moments
     sizes = {layer.spec.node: layer.size for layer in layers}
@@ -188,3 +192,52 @@ def _brotli_size(data: bytes, quality: int = 9) -> int | None:
     except ImportError:
         return None
     return len(brotli.compress(data, quality=quality, lgwin=22))
+
+
+# ---------------------------------------------------------------- the recipe
+
+def int8_base(fp32: Path, target: Path, variant: str, calibration_fingerprint: dict, make: Callable[[Path], None],
+              log: Callable[[str], None]) -> tuple[Path, str]:
+    """The static int8 graph the coded variant starts from: the build's own int8 variant file when the build
+    manifest shows it was made from this fp32 graph with the same calibration and onnxruntime (and the file
+    is intact), else made by ``make`` into a temporary file. Returns (path, "reused" | "made")."""
+    from importlib.metadata import version
+
+    sibling = target.with_name(target.name.replace(f".{variant}.", ".int8.", 1))
+    manifest = target.parent / "manifest.json"
+    if sibling != target and sibling.is_file() and manifest.is_file():
+        stages = json.loads(manifest.read_text()).get("stages", {})
+        for record in stages.values():
+            out = record.get("outputs", {}).get("int8", {})
+            if (out.get("path") == sibling.name and out.get("sha256") == sha256_file(sibling)
+                    and record.get("inputs", {}).get("fp32") == sha256_file(fp32)
+                    and record.get("params") == {"calibration": dict(calibration_fingerprint)}
+                    and record.get("tools", {}).get("onnxruntime") == version("onnxruntime")):
+                log(f"  codec: int8 base {sibling.name} (from this build)")
+                return sibling, "reused"
+    made = Path(tempfile.mkdtemp(prefix="clearcut-codec-")) / "int8.onnx"
+    log("  codec: making the int8 base")
+    make(made)
+    return made, "made"
+
+
+def photo_hashes(photos: Sequence[Path]) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in photos}
+
+
+def make_coded_variant(fp32: Path, target: Path, variant: str, calibration, settings: CodecSettings,
+                       log: Callable[[str], None] = print) -> dict:
+    """The recipe: ``calibration`` (quantize.recipes.Calibration) sets the int8 base's activation ranges, as
+    for the int8 variant; its photos plus data/calib-photos give the conv input statistics."""
+    from common.contract import INPUT_NAME
+    from quantize.static_int8 import to_int8_static
+
+    base, how = int8_base(fp32, target, variant, calibration.fingerprint,
+                          lambda out: to_int8_static(fp32, out, calibration.images, calibration.load, INPUT_NAME), log)
+    try:
+        photos = codec_photos(calibration.images)
+        result = code_graph(fp32, base, target, photos, calibration.load, settings, log)
+    finally:
+        if how == "made":
+            shutil.rmtree(base.parent, ignore_errors=True)
+    return {**result, "int8_base": how}

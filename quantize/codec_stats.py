@@ -19,11 +19,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from threadpoolctl import threadpool_limits
+
 from common.sessions import cpu_session
 
 MAX_POSITIONS = 4096  # output positions sampled per photo and layer, at most ...
 MIN_POSITIONS = 1024  # ... and at least (or all the map has)
 PATCH_BUDGET = 1 << 22  # in between: about this many patch values per photo and layer (wide layers sample fewer)
+SMALL_COLUMNS = 2048  # layers with fewer patch values run their products on one BLAS thread
 
 
 @dataclass(frozen=True)
@@ -110,16 +113,20 @@ def collect_moments(fp32: Path, photos: Sequence[Path], load: Callable[[Path], d
         del model
         session = cpu_session(probe, threads)
     rng = np.random.default_rng(seed)
+    # small layers with one BLAS thread (threads cost more than they save on small products), in graph order
+    small = [s for s in specs if s.columns < SMALL_COLUMNS]
+    large = [s for s in specs if s.columns >= SMALL_COLUMNS]
     for index, photo in enumerate(photos):
         values = dict(zip(wanted, session.run(wanted, load(photo))))
-        for spec in specs:
-            x = values[spec.input][0]
-            rows, cols = _positions(x.shape[1:], spec, positions_per_photo(spec.columns), rng)
-            patches = im2col(x, spec, rows, cols)
-            m = moments[spec.weight]
-            m.h += patches @ patches.T
-            m.s += patches.sum(axis=1, dtype=np.float64)
-            m.n += patches.shape[1]
+        samples = {s.weight: _positions(values[s.input].shape[2:], s, positions_per_photo(s.columns), rng) for s in specs}
+        for group, threads in ((small, 1), (large, None)):
+            with threadpool_limits(threads, user_api="blas"):
+                for spec in group:
+                    patches = im2col(values[spec.input][0], spec, *samples[spec.weight])
+                    m = moments[spec.weight]
+                    m.h += patches @ patches.T
+                    m.s += patches.sum(axis=1, dtype=np.float64)
+                    m.n += patches.shape[1]
         del values
         if progress:
             progress(index + 1, len(photos), moments)

@@ -67,17 +67,26 @@ def prepare_hessian(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]
 def lookup_table(levels: np.ndarray) -> np.ndarray:
     """Per row, the index of the nearest level for each floor(2x) on the grid (rows × _LUT_SIZE, uint8);
     ``levels`` rows ascending."""
-    mids = (levels[:, 1:] + levels[:, :-1]) * 0.5
     # x with floor(2x) = k lies in [k/2, (k+1)/2): it is above a midpoint m (a multiple of 1/2) iff k/2 >= m.
-    halves = (np.arange(_LUT_SIZE) + _LUT_LOW) * 0.5
-    return np.stack([np.searchsorted(m, halves, side="right") for m in mids]).astype(np.uint8)
+    halves = np.broadcast_to((np.arange(_LUT_SIZE) + _LUT_LOW) * 0.5, (levels.shape[0], _LUT_SIZE))
+    return row_searchsorted((levels[:, 1:] + levels[:, :-1]) * 0.5, halves, "right").astype(np.uint8)
 
 
-def nearest_index(values: np.ndarray, table: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Nearest-level index of ``values`` (rows × n, or one column per row) through ``lookup_table``."""
+def row_searchsorted(edges: np.ndarray, values: np.ndarray, side: str = "left") -> np.ndarray:
+    """``np.searchsorted(edges[r], values[r], side)`` for every row r at once (rows of ``edges`` ascending):
+    rows are moved apart by a stride larger than any value's range so that one sorted array holds them all."""
+    rows = edges.shape[0]
+    if edges.shape[1] == 0:
+        return np.zeros(values.shape, np.int64)
+    span = float(max(np.abs(edges).max(), np.abs(values).max())) * 2 + 1
+    shift = (np.arange(rows, dtype=np.float64) * span)[:, None]
+    found = np.searchsorted((edges + shift).reshape(-1), (values + shift).reshape(-1), side=side)
+    return found.reshape(values.shape) - (np.arange(rows) * edges.shape[1])[:, None]
+
+
+def nearest_index(values: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Nearest-level index of ``values`` (rows × n) through ``lookup_table``."""
     k = np.clip(np.floor(values * 2.0).astype(np.int64) - _LUT_LOW, 0, _LUT_SIZE - 1)
-    if values.ndim == 1:
-        return table[rows, k]
     return np.take_along_axis(table, k, axis=1)
 
 
@@ -103,8 +112,7 @@ def init_palettes(target: np.ndarray, importance: np.ndarray, bits: int, iterati
     levels = np.concatenate([lo[:, None], inner, hi[:, None]], axis=1)
     for _ in range(iterations):
         levels.sort(axis=1)
-        mids = (levels[:, 1:] + levels[:, :-1]) * 0.5
-        index = np.stack([np.searchsorted(m, t, side="left") for m, t in zip(mids, target)])
+        index = row_searchsorted((levels[:, 1:] + levels[:, :-1]) * 0.5, target)
         moved = level_means(index, target, importance[None, :], levels)
         moved[:, 0], moved[:, -1] = lo, hi
         if np.allclose(moved, levels, atol=1e-3):
@@ -116,34 +124,41 @@ def init_palettes(target: np.ndarray, importance: np.ndarray, bits: int, iterati
 def round_to_palettes(target: np.ndarray, levels: np.ndarray, order: np.ndarray, upper: np.ndarray) -> Rounded:
     """GPTQ-style rounding of ``target`` (rows × columns, grid units) onto per-row ``levels`` (ascending),
     columns in ``order``; ``upper`` is ``prepare_hessian``'s factor for that order."""
-    work = np.ascontiguousarray(target[:, order], dtype=np.float32)
-    rows, columns = work.shape
-    table = lookup_table(levels)
-    flat_levels = levels.astype(np.float32).reshape(-1)
-    row_ids = np.arange(rows)
-    base = row_ids * levels.shape[1]
+    rows, columns = target.shape
+    # columns × rows: a column is a contiguous vector. The nearest level's value per (row, floor(2x)) is a
+    # table, flattened so that one gather rounds a whole column.
+    work = np.ascontiguousarray(target[:, order].T, dtype=np.float32)
+    values = np.take_along_axis(levels, lookup_table(levels).astype(np.int64), axis=1).astype(np.float32).reshape(-1)
+    offsets = (np.arange(rows) * _LUT_SIZE - _LUT_LOW).astype(np.float32)  # exact: |values| < 2**24
     q = np.empty_like(work)
     compensated = np.empty_like(work)
-    loss = np.zeros(rows)
-    diag = np.diag(upper).astype(np.float32)
+    errors = np.empty((BLOCK, rows), np.float32)
+    loss = np.zeros(rows, np.float32)
+    scratch = np.empty(rows, np.float32)
+    inverse_diag = (1.0 / np.diag(upper)).astype(np.float32)
     for start in range(0, columns, BLOCK):
         end = min(start + BLOCK, columns)
-        block = work[:, start:end]
-        errors = np.empty((rows, end - start), np.float32)
+        block = work[start:end]
         for j in range(end - start):
-            column = block[:, j]
-            compensated[:, start + j] = column
-            chosen = flat_levels[base + nearest_index(column, table, row_ids)]
-            q[:, start + j] = chosen
-            error = (column - chosen) / diag[start + j]
+            column = block[j]
+            compensated[start + j] = column
+            np.multiply(column, 2.0, out=scratch)
+            np.floor(scratch, out=scratch)
+            np.clip(scratch, _LUT_LOW, _LUT_LOW + _LUT_SIZE - 1, out=scratch)
+            scratch += offsets
+            chosen = values.take(scratch.astype(np.intp))
+            q[start + j] = chosen
+            error = errors[j]
+            np.subtract(column, chosen, out=error)
+            error *= inverse_diag[start + j]
             loss += error * error
-            errors[:, j] = error
             if j + 1 < end - start:
-                block[:, j + 1:] -= error[:, None] * upper[start + j, start + j + 1:end][None, :]
+                block[j + 1:] -= upper[start + j, start + j + 1:end, None] * error[None, :]
         if end < columns:
-            work[:, end:] -= errors @ upper[start:end, end:]
+            work[end:] -= upper[start:end, end:].T @ errors[:end - start]
     inverse_order = np.argsort(order)
-    return Rounded(q[:, inverse_order], loss, compensated[:, inverse_order], (1.0 / diag.astype(np.float64) ** 2)[inverse_order])
+    return Rounded(q.T[:, inverse_order], loss.astype(np.float64), compensated.T[:, inverse_order],
+                   (inverse_diag.astype(np.float64) ** 2)[inverse_order])
 
 
 def refit_palettes(rounded: Rounded, levels: np.ndarray) -> np.ndarray:

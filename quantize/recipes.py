@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from common.contract import INPUT_NAME
-from models.registry import ModelConfig
+from models.registry import CODED_VARIANTS, ModelConfig
 
 BASE_VARIANT = "fp32"  # exported from torch; every recipe starts from it
 
@@ -57,6 +57,23 @@ def _quint8_dynamic(fp32: Path, target: Path, _: ModelConfig, __: Calibration) -
     to_quint8_dynamic(fp32, target)
 
 
+def coded_recipe(name: str, budget: float) -> Recipe:
+    """The int8 QDQ graph with its conv weights on per-row palettes below 8 bits, ``budget`` entropy-coded bits
+    per weight on average (quantize/codec.py). The variant file is the decoded graph; its ``.ccw`` container
+    (what the bundle ships) is written beside it and recorded in the step's result."""
+    def make(fp32: Path, target: Path, _: ModelConfig, calibration: Calibration) -> dict:
+        from quantize.codec_build import CodecSettings, make_coded_variant
+        return make_coded_variant(fp32, target, name, calibration, CodecSettings(budget))
+
+    def params(_: ModelConfig, calibration: Calibration) -> dict:
+        from quantize.codec_build import CODEC_VERSION, CodecSettings, codec_photos, photo_hashes
+        return {"calibration": dict(calibration.fingerprint), "codec_version": CODEC_VERSION,
+                "codec_photos": photo_hashes(codec_photos(calibration.images)), **vars(CodecSettings(budget))}
+
+    return Recipe(name, f"int8 QDQ, conv weights on per-row palettes of {budget:g} bits per weight on average "
+                        "(error-compensating rounding, per-layer widths); .ccw container beside it", make, params)
+
+
 RECIPES: dict[str, Recipe] = {}
 
 
@@ -76,6 +93,8 @@ register_recipe(Recipe(
 register_recipe(Recipe(
     "int8", "static int8 QDQ: per-channel weights, entropy-calibrated activations", _int8_static,
     lambda _, calibration: {"calibration": dict(calibration.fingerprint)}))
+for _name, _budget in CODED_VARIANTS.items():
+    register_recipe(coded_recipe(_name, _budget))
 register_recipe(Recipe(
     "quint8", "dynamic quint8 weights (imgly's 'small' recipe), a comparison row", _quint8_dynamic,
     lambda _, __: {}))

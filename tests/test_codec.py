@@ -1,0 +1,198 @@
+"""The weight codec: the .ccw container round trip, corruption refused, palette rounding, bit allocation, and a
+coded variant through the export pipeline's gate (random-init U^2-NetP at 64 px)."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quantize import ccw
+from quantize.codec import Layer, allocate, code_layer
+from quantize.codec_stats import ConvSpec, InputMoments
+from quantize.palette import init_palettes
+
+SIZE = 64
+
+
+def _onnx_with(tensors: dict[str, np.ndarray]) -> bytes:
+    """A small valid ONNX file holding ``tensors`` as initializers (and one float tensor between them)."""
+    inits = [numpy_helper.from_array(a, n) for n, a in tensors.items()]
+    inits.insert(1, numpy_helper.from_array(np.linspace(-1, 1, 7, dtype=np.float32), "between"))
+    nodes = [helper.make_node("Cast", [n], [n + "_f"], to=TensorProto.FLOAT) for n in tensors]
+    graph = helper.make_graph(nodes, "g", [], [helper.make_tensor_value_info(n + "_f", TensorProto.FLOAT, None)
+                                               for n in tensors], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _palette_matrix(rows: int, columns: int, bits: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    palettes = np.sort(rng.choice(np.arange(-128, 128), (rows, 1 << bits)), axis=1)
+    return np.take_along_axis(palettes, rng.integers(0, 1 << bits, (rows, columns)), axis=1).astype(np.int8)
+
+
+@pytest.mark.parametrize("layout", ["packed", "aligned"])
+def test_round_trip_is_byte_identical_at_every_width(layout):
+    tensors = {f"w{b}": _palette_matrix(5 + b, 9 * (3 + b), b, b).reshape(5 + b, 3 + b, 3, 3) for b in range(1, 9)}
+    data = _onnx_with(tensors)
+    width = {"packed": lambda b: b, "aligned": lambda b: next(w for w in ccw.ALIGNED_WIDTHS if w >= b)}[layout]
+    table = {n: (int(n[1:]), width(int(n[1:])), a[0].size) for n, a in tensors.items()}
+    container = ccw.encode(data, table)
+    assert ccw.decode(container) == data
+    assert hashlib.sha256(ccw.decode(container)).digest() == hashlib.sha256(data).digest()
+    assert ccw.encode(data, table) == container  # deterministic
+    info = ccw.summary(container)
+    assert info["tensors"] == 8 and info["weights_by_bits"] == {str(b): tensors[f"w{b}"].size for b in range(1, 9)}
+    assert info["skeleton_bytes"] == len(data) - sum(a.size for a in tensors.values())
+
+
+def test_too_many_values_in_a_row_are_refused():
+    q = _palette_matrix(4, 36, 3, 0)
+    q[2, :9] = np.arange(-100, -91)  # 9 new values: more than 2**3 in row 2
+    data = _onnx_with({"w": q})
+    with pytest.raises(ValueError, match=r"w: row 2 has \d+ distinct values, more than 2\*\*3"):
+        ccw.encode(data, {"w": (3, 4, 36)})
+
+
+def test_a_flipped_byte_is_refused_with_a_clear_error():
+    data = _onnx_with({"w": _palette_matrix(6, 27, 3, 1), "v": _palette_matrix(3, 18, 2, 2)})
+    container = ccw.encode(data, {"w": (3, 3, 27), "v": (2, 2, 18)})
+    for position in (9, 45, 80, 100, len(container) // 2, len(container) - 1):
+        bad = bytearray(container)
+        bad[position] ^= 0x10
+        with pytest.raises(ccw.ContainerError, match="corrupt"):
+            ccw.decode(bytes(bad))
+    with pytest.raises(ccw.ContainerError, match="bad magic"):
+        ccw.decode(b"XCW1" + container[4:])
+    with pytest.raises(ccw.ContainerError, match="version"):
+        ccw.decode(container[:4] + (2).to_bytes(4, "little") + container[8:])
+
+
+def _correlated_layer(rows: int, cin: int, seed: int = 0) -> tuple[Layer, InputMoments]:
+    rng = np.random.default_rng(seed)
+    columns = cin * 9
+    mix = rng.normal(size=(columns, columns)) * 0.3 + np.eye(columns)
+    x = rng.normal(size=(4 * columns, columns)) @ mix + 0.2
+    w = rng.laplace(size=(rows, columns)) * 0.05
+    spec = ConvSpec("w", "conv", "x", (rows, cin, 3, 3), (1, 1), (1, 1, 1, 1), (1, 1))
+    scale = np.abs(w).max(axis=1) / 127
+    return Layer(spec, None, w, scale), InputMoments((x.T @ x).astype(np.float32), x.sum(axis=0), len(x))
+
+
+def test_error_compensating_rounding_beats_nearest_and_keeps_widths():
+    layer, moments = _correlated_layer(12, 8)
+    q8 = np.clip(np.rint(layer.target), -128, 127).astype(np.int8)
+    coded = code_layer(layer, moments, (2, 3, 4, 8), q8, None)
+    h = moments.second_moment
+    for bits in (2, 3, 4):
+        q = coded[bits].q
+        assert max(len(np.unique(row)) for row in q) <= 1 << bits
+        levels = init_palettes(layer.target, np.diag(h).copy(), bits)
+        nearest = np.take_along_axis(levels, np.abs(layer.target[:, :, None] - levels[:, None, :]).argmin(2), 1)
+        delta = (nearest - layer.target) * layer.scale[:, None]
+        plain = np.einsum("ij,ij->", delta @ h, delta) / np.einsum("ij,ij->", layer.w @ h, layer.w)
+        assert coded[bits].error < 0.7 * plain, bits
+    assert coded[2].error > coded[3].error > coded[4].error > coded[8].error
+
+
+def test_allocation_meets_the_budget_and_keeps_fixed_layers():
+    sizes = {"a": 1000, "b": 100_000, "c": 50_000, "d": 10}
+    errors = {n: {b: 10.0 ** -b * (5 if n == "c" else 1) for b in (2, 3, 4, 5, 6, 8)} for n in sizes}
+    for budget in (2.1, 2.5, 3.0, 4.0):
+        plan = allocate(sizes, errors, budget, fixed={"d": 8, "a": 8})
+        assert plan.average_bits <= budget + 1e-9 and plan.bits["d"] == 8 and plan.bits["a"] == 8
+        assert set(plan.bits.values()) <= {2, 3, 4, 5, 6, 8}
+    assert allocate(sizes, errors, 3.0).bits["c"] >= allocate(sizes, errors, 3.0).bits["b"]  # more sensitive
+    with pytest.raises(ValueError, match="below the least"):
+        allocate(sizes, errors, 2.0, fixed={"a": 8})
+
+
+# ---------------------------------------------------------------- through the pipeline
+
+@pytest.fixture(scope="module")
+def coded_build(tmp_path_factory, tiny_u2netp_weights):
+    """fp32 + int8 + two coded budgets of a random-init U^2-NetP at 64 px; the codec cut to widths 2, 3, 4
+    and no refit (speed), its statistics on the parity photos only."""
+    from export.pipeline import ExportOptions, run_export
+    from models.registry import ParityThresholds, get_model_config
+    from quantize import codec, codec_build
+    from quantize.recipes import ALL_VARIANTS
+
+    loose = {v: ParityThresholds(max_abs=1e-4) if v == "fp32" else ParityThresholds(iou_mean=0.0) for v in ALL_VARIANTS}
+    config = dataclasses.replace(get_model_config("u2netp"), thresholds=loose)
+    out = tmp_path_factory.mktemp("coded")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLEARCUT_CACHE", str(out / "cache"))
+        patch.setattr(codec, "WIDTHS", (2, 3, 4, 8))
+        patch.setattr(codec_build, "WIDTHS", (2, 3, 4, 8))
+        patch.setattr(codec_build, "REPO_PHOTOS", None)
+        patch.setattr(codec_build, "CodecSettings", functools.partial(codec_build.CodecSettings, refits=0))
+        logs: list[str] = []
+        options = ExportOptions(config=config, variants=["fp32", "int8", "int8p2", "int8p3"],
+                                weights=tiny_u2netp_weights, input_size=(SIZE, SIZE), out_dir=out, latency_runs=1,
+                                log=logs.append)
+        data = run_export(options)
+        again: list[str] = []
+        run_export(dataclasses.replace(options, log=again.append))
+    return out / "u2netp", data, logs, again
+
+
+def test_coded_variants_pass_the_gate_with_their_containers(coded_build):
+    build, data, _, _ = coded_build
+    assert data["gate"]["passed"]
+    for variant, budget in (("int8p2", 2.0), ("int8p3", 3.0)):
+        step = data["stages"][f"variant:{variant}"]
+        result, onnx_file = step["result"], build / data["variants"][variant]["path"]
+        container = (build / result["container"]["path"]).read_bytes()
+        assert result["container"]["path"] == f"u2netp.{variant}.ccw"
+        assert hashlib.sha256(container).hexdigest() == result["container"]["sha256"]
+        assert ccw.decode(container) == onnx_file.read_bytes()
+        assert len(container) < 0.75 * onnx_file.stat().st_size
+        assert step["params"]["budget"] == budget and step["params"]["codec_photos"]
+        assert result["int8_base"] == "reused"  # the build's own int8 file
+        allocation = result["allocation"]
+        # the budget is in entropy-coded index bits per weight; palette widths average a little more
+        assert allocation["entropy_bits"] <= budget + 1e-6 < allocation["average_bits"] + 0.5
+        bits = {n: layer["bits"] for n, layer in allocation["layers"].items()}
+        assert set(bits.values()) <= {2, 3, 4, 8} and 2 in bits.values()
+        first, *_, last = bits.values()
+        assert first == last == 8  # the first Conv and the alpha head stay int8
+        _widths_hold(onnx_file, bits)
+
+
+def _widths_hold(onnx_file, bits: dict[str, int]) -> None:
+    """Every Conv weight of the coded graph uses at most 2**bits values per output channel."""
+    model = onnx.load(str(onnx_file))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    arrays = {i.name: i for i in model.graph.initializer}
+    checked = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv" and node.name in bits:
+            q = numpy_helper.to_array(arrays[producer[node.input[1]].input[0]])
+            rows = q.reshape(q.shape[0], -1)
+            assert max(len(np.unique(r)) for r in rows) <= 1 << bits[node.name], node.name
+            checked += 1
+    assert checked == len(bits)
+
+
+def test_int8_and_coded_graphs_differ_only_in_conv_weights_and_biases(coded_build):
+    build, data, _, _ = coded_build
+    int8 = onnx.load(str(build / data["variants"]["int8"]["path"]))
+    coded = onnx.load(str(build / data["variants"]["int8p3"]["path"]))
+    assert [n.SerializeToString() for n in int8.graph.node] == [n.SerializeToString() for n in coded.graph.node]
+    before = {i.name: numpy_helper.to_array(i) for i in int8.graph.initializer}
+    changed = {i.name for i in coded.graph.initializer if not np.array_equal(numpy_helper.to_array(i), before[i.name])}
+    kinds = {i.name: i.data_type for i in coded.graph.initializer}
+    assert changed and {kinds[n] for n in changed} <= {TensorProto.INT8, TensorProto.INT32}
+
+
+def test_rerun_skips_the_coded_steps(coded_build):
+    _, _, logs, again = coded_build
+    assert any("codec: conv input moments" in line for line in logs)
+    for variant in ("int8p2", "int8p3"):
+        assert f"[variant:{variant}] unchanged, skipped" in again
