@@ -26,14 +26,16 @@ from common.files import atomic_write_bytes, sha256_file
 from common.onnx_graph import save_model
 from models.weights import cache_dir
 from quantize import ccw
-from quantize.codec import (DAMP, DAMP_MAX, DAMP_MIN, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply, code_layer,
-                            container_tensors, layers_of, widths_for)
+from quantize.codec import (DAMP, DAMP_MAX, DAMP_MIN, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply,
+                            code_layer, container_tensors, float_head, layers_of, widths_for)
+from quantize.codec_sensitivity import PROBE_BITS, group_of, measure_sensitivity
 from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, conv_specs, load_moments,
                                   save_moments)
 
 REPO_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "calib-photos"
 CODEC_VERSION = 1  # bump when the coded table's meaning changes (keys the cache)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+SENSITIVITY_PHOTOS = 4
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class CodecSettings:
     damp: float = DAMP
     refits: int = REFITS
     keep_first_last: bool = True  # the first Conv (sees the image) and the last (the alpha head) stay int8
+    float_head: bool = True  # no int8 rounding of the logits and alpha after the last Conv (codec.float_head)
+    sensitivity: bool = True  # weight layer errors by their stage's measured effect on alpha (codec_sensitivity)
 
 
 def codec_photos(build_photos: Sequence[Path], extra: Path | None = REPO_PHOTOS) -> list[Path]:
@@ -141,6 +145,7 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     build manifest records."""
     fp32_model = onnx.load(str(fp32))
     int8 = onnx.load(str(int8_base))
+    head = float_head(int8) if settings.float_head else 0
     layers = layers_of(fp32_model, int8)
     specs = [layer.spec for layer in layers]
     del fp32_model
@@ -152,6 +157,11 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     sizes = {layer.spec.node: layer.size for layer in layers}
     errors = {node: {b: c.error for b, c in by_bits.items()} for node, by_bits in table.items()}
     fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
+    groups = {}
+    if settings.sensitivity:
+        groups = sensitivity_for(int8, layers, table, _key(key, head, PROBE_BITS), sensitivity_photos(photos), load,
+                                 list(fixed), log)
+    weight = {node: groups.get(group_of(node), 1.0) for node in sizes}
     rates = {}
 
     def rate(node: str, bits: int) -> float:
@@ -161,7 +171,7 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
             rates[node, bits] = index_rate(table[node][bits].q, bits)
         return rates[node, bits]
 
-    allocation = allocate(sizes, errors, settings.budget, rate, fixed=fixed)
+    allocation = allocate(sizes, errors, settings.budget, rate, sensitivity=weight, fixed=fixed)
     coded = {node: table[node][b] for node, b in allocation.bits.items()}
     model = apply(int8, layers, coded)
     save_model(model, target)
@@ -181,9 +191,29 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
                                                     "weights": layer.size,
                                                     "error": float(f"{coded[layer.spec.node].error:.4g}"),
                                                     "int8_error": float(f"{table[layer.spec.node][8].error:.4g}")}
-                                  for layer in layers}},
+                                  for layer in layers},
+                       "sensitivity": {g: float(f"{v:.4g}") for g, v in groups.items()}},
+        "float_head_pairs_removed": head,
         "settings": asdict(settings),
     }
+
+
+def sensitivity_photos(photos: Sequence[Path], count: int = SENSITIVITY_PHOTOS) -> list[Path]:
+    """A few of the codec's photos, spread over the repository's calibration set when it is among them."""
+    repo = [p for p in photos if REPO_PHOTOS is not None and p.parent.resolve() == REPO_PHOTOS.resolve()]
+    pool = repo or list(photos)
+    return pool[::max(1, len(pool) // count)][:count]
+
+
+def sensitivity_for(int8: onnx.ModelProto, layers: Sequence[Layer], table: dict, key: str, photos: Sequence[Path],
+                    load: Callable, skip: Sequence[str], log) -> dict[str, float]:
+    """codec_sensitivity.measure_sensitivity, cached by the table's key and the photos."""
+    path = cache_dir() / "codec" / f"sensitivity-{_key(key, [sha256_file(p) for p in photos], list(skip))}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    found = measure_sensitivity(int8, layers, table, [load(p) for p in photos], skip, PROBE_BITS, log)
+    atomic_write_bytes(path, json.dumps(found, sort_keys=True).encode())
+    return found
 
 
 def _brotli_size(data: bytes, quality: int = 9) -> int | None:
