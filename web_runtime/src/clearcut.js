@@ -1,9 +1,7 @@
 // ClearCut: background removal entirely in the browser. Main-thread API; all work runs in a module worker.
-import { ClearCutError } from './imaging.js';
+import { ClearCutError } from './errors.js';
 
 export { ClearCutError };
-
-const DEFAULT_MAX_PIXELS = 40_000_000; // ~8000×5000: the RGBA copy, float mask and output stay < 1 GB
 
 /**
  * Load a model variant and return a cutter.
@@ -33,6 +31,8 @@ export async function createCutter(options = {}) {
     pending.clear();
   };
 
+  /** @param {string} type @param {object} [payload] @param {Transferable[]} [transfer] @param {AbortSignal} [signal]
+   * @param {number | string} [id] */
   function call(type, payload = {}, transfer = [], signal = undefined, id = nextId++) {
     if (disposed) return Promise.reject(new ClearCutError('state', 'This cutter was disposed.'));
     return new Promise((resolve, reject) => {
@@ -54,7 +54,7 @@ export async function createCutter(options = {}) {
   try {
     info = await call('init', {
       manifestUrl, variant: options.variant, backend: options.backend || 'wasm',
-      maxPixels: options.maxPixels || DEFAULT_MAX_PIXELS, numThreads: options.numThreads, warmup: options.warmup,
+      maxPixels: options.maxPixels, numThreads: options.numThreads, warmup: options.warmup,
     }, [], options.signal, 'init');
   } catch (err) {
     worker.terminate();
@@ -71,6 +71,7 @@ export async function createCutter(options = {}) {
       return result.image || result.blob;
     },
     memory() { return call('memory'); },
+    // Terminating the worker frees the model, the sessions and the WASM heap at once: nothing to ask it first.
     dispose() {
       if (disposed) return;
       disposed = true;
@@ -89,7 +90,7 @@ function abortError(signal) {
 /** Turn any supported input into something the worker can take without copying pixels twice. */
 async function toTransferable(input, signal) {
   if (input instanceof Blob) return { source: input, transfer: [] };
-  if (input instanceof ArrayBuffer || ArrayBuffer.isView(input)) return { source: new Blob([input]), transfer: [] };
+  if (input instanceof ArrayBuffer || ArrayBuffer.isView(input)) return { source: new Blob([/** @type {BlobPart} */ (input)]), transfer: [] };
   if (typeof ImageData !== 'undefined' && input instanceof ImageData) return { source: input, transfer: [] };
   if (typeof input === 'string' || input instanceof URL) {
     const url = new URL(input, document.baseURI);
