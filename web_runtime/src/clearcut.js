@@ -1,5 +1,5 @@
 // ClearCut: background removal entirely in the browser. Main-thread API; all work runs in a module worker.
-import { ClearCutError } from './errors.js';
+import { ClearCutError, isAbort } from './errors.js';
 
 export { ClearCutError };
 
@@ -82,9 +82,11 @@ export async function createCutter(options = {}) {
   };
 }
 
+/** The caller's own abort reason if it gave one (`abort(reason)`), else a ClearCutError `aborted`. */
 function abortError(signal) {
   const reason = signal?.reason;
-  return reason instanceof Error ? reason : new ClearCutError('aborted', 'The operation was aborted.');
+  // `abort()` without a reason sets a DOMException AbortError: that is no reason of the caller's own
+  return reason instanceof Error && !isAbort(reason) ? reason : new ClearCutError('aborted', 'The operation was aborted.');
 }
 
 /** Turn any supported input into something the worker can take without copying pixels twice. */
@@ -97,7 +99,13 @@ async function toTransferable(input, signal) {
     if (url.origin !== location.origin && url.protocol !== 'blob:' && url.protocol !== 'data:') {
       throw new ClearCutError('options', `Only same-origin image URLs are accepted (got ${url.origin}): fetch the image yourself and pass a Blob.`);
     }
-    const res = await fetch(url, { signal });
+    let res;
+    try {
+      res = await fetch(url, { signal });
+    } catch (err) {
+      if (isAbort(err)) throw abortError(signal);
+      throw new ClearCutError('network', `Could not fetch the image ${url.href}: ${err.message}`);
+    }
     if (!res.ok) throw new ClearCutError('network', `HTTP ${res.status} for the image ${url.href}.`);
     return { source: await res.blob(), transfer: [] };
   }
@@ -111,7 +119,26 @@ async function toTransferable(input, signal) {
   if (!drawable) {
     throw new ClearCutError('options', 'Unsupported input: pass a File/Blob, ImageBitmap, ImageData, <img>, <canvas> or a same-origin URL.');
   }
+  const [width, height] = drawableSize(input) ?? [1, 1];
+  if (!(width > 0 && height > 0)) {
+    throw new ClearCutError('empty', `The ${input.constructor.name} is ${width}×${height} pixels: there is nothing to cut (draw or load an image first).`);
+  }
   // A copy, so the caller's bitmap stays usable after we transfer ours to the worker.
-  const bitmap = await createImageBitmap(input);
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(input);
+  } catch (err) {
+    throw new ClearCutError('decode', `The ${input.constructor.name} could not be read as an image: ${err.message}`);
+  }
   return { source: bitmap, transfer: [bitmap] };
+}
+
+/** Pixel size of a drawable, by the property each kind has (an <img> or <video> before it loaded: 0×0);
+ * null for an SVG <image>, whose size its document decides. */
+function drawableSize(input) {
+  if (typeof HTMLImageElement !== 'undefined' && input instanceof HTMLImageElement) return [input.naturalWidth, input.naturalHeight];
+  if (typeof HTMLVideoElement !== 'undefined' && input instanceof HTMLVideoElement) return [input.videoWidth, input.videoHeight];
+  if (typeof VideoFrame !== 'undefined' && input instanceof VideoFrame) return [input.displayWidth, input.displayHeight];
+  if (typeof SVGImageElement !== 'undefined' && input instanceof SVGImageElement) return null;
+  return [input.width, input.height];
 }
