@@ -95,5 +95,5 @@ def test_model_sees_the_stored_colours_like_load_rgb(harness, tiny_build, tmp_pa
     visible = rgba[..., 3] > 0
     diff = np.abs(cut["rgba"][..., 0] / 255 - reference)[visible]
     print(f"mask vs Python on load_rgb, visible pixels: mean abs {diff.mean() * 255:.2f}/255")
-    # measured: 0.26/255 with the stored colours; 3.4/255 when the model sees black under alpha 0 (2D canvas)
+    # measured: 0.25/255 with the stored colours; 3.4/255 when the model sees black under alpha 0 (2D canvas)
     assert diff.mean() <= 1.5 / 255, f"the browser's mask differs from the reference by {diff.mean() * 255:.2f}/255"
