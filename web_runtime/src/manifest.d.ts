@@ -1,6 +1,6 @@
 // Types of the bundle manifest, `manifest.json`, exactly as web_runtime/build_bundle.py writes it.
 // Kept simple on purpose (`interface X { field: type; }`, one field per line): a Python test parses these
-// declarations and checks the field names against the pipeline's dataclasses.
+// declarations and checks the field names against common/manifest_schema.py (tests/browser/test_manifest_contract.py).
 
 /** Schema tag of this layout; the worker refuses any other. */
 export type BundleSchema = 'clearcut.bundle/1';
@@ -21,8 +21,8 @@ export interface BundleManifest {
 
 export interface ModelInfo {
   name: string;
-  architecture?: string;
-  description?: string;
+  architecture: string;
+  description: string;
   licence: string;
   licence_note: string;
 }
