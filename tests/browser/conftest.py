@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -47,23 +46,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "tests/browser" in str(item.fspath):
                 item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory) -> Path:
-    """`build/u2netp/` of a random-init U^2-NetP exported at 64 px (fp32, fp16)."""
-    import torch
-    from models.architectures import build_model
-    from models.registry import get_model_config
-
-    root = tmp_path_factory.mktemp("tinybuild")
-    torch.manual_seed(0)
-    model = build_model(get_model_config("u2netp"))
-    torch.save(model.state_dict(), root / "u2netp_rand.pth")
-    subprocess.run([sys.executable, "-m", "export.cli", "export", "--model", "u2netp", "--weights",
-                    str(root / "u2netp_rand.pth"), "--size", "64", "--variants", "fp32,fp16", "--out", str(root)],
-                   check=True, cwd=REPO, capture_output=True)
-    return root / "u2netp"
 
 
 def real_manifest() -> dict | None:
