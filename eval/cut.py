@@ -26,6 +26,7 @@ import glob
 import hashlib
 import io
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from common.files import atomic_write_bytes, sha256_file
-from common.manifest_schema import ManifestError, parse_bundle_manifest, to_json
+from common.manifest_schema import parse_bundle_manifest, to_json
 from common.sessions import cpu_session, run_stages
 from eval.images import MAX_PIXELS, ImageError, alpha_to_image_size, load_rgb, preprocess
 from eval.refine import load_params, refine, want_refine
@@ -92,7 +93,7 @@ def load_build(build_dir: Path, variant: str | None = None, threads: int = 2) ->
     passed = {v: e for v, e in variants.items() if (e.get("parity") or {}).get("passed", True)}
     if not passed and not variant:
         raise ModelError(f"{manifest_path}: no variant passed the parity gate; name one with --variant")
-    name = _pick(variants, variant, passed and _default_variant(passed), build_dir)
+    name = _pick(variants, variant, _default_variant(passed) if passed else "", build_dir)
     path = Path(build_dir) / variants[name]["path"]
     if not path.is_file() or sha256_file(path) != variants[name]["sha256"]:
         raise ModelError(f"{path} is missing or differs from its sha256 in {manifest_path}: re-run the export")
@@ -108,7 +109,7 @@ def load_bundle(bundle_dir: Path, variant: str | None = None, threads: int = 2) 
         raise UsageError(f"{manifest_path} missing: --bundle names a folder made by `make bundle`")
     try:
         manifest = parse_bundle_manifest(manifest_path.read_text(), str(manifest_path))
-    except (ManifestError, ValueError) as err:
+    except (OSError, ValueError) as err:  # ManifestError is a ValueError
         raise ModelError(f"{manifest_path}: {err}") from None
     name = _pick(manifest.variants, variant, manifest.default_variant, root)
     entry = manifest.variants[name]
@@ -163,15 +164,11 @@ def _json(path: Path) -> dict:
 
 def parse_color(text: str) -> tuple[int, int, int]:
     """``#rgb`` or ``#rrggbb`` (the ``#`` optional, any case) → (r, g, b)."""
-    digits = text.strip().removeprefix("#")
-    if len(digits) == 3:
-        digits = "".join(c * 2 for c in digits)
-    try:
-        if len(digits) != 6:
-            raise ValueError
-        return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))
-    except ValueError:
-        raise UsageError(f"colour {text!r} is not #rgb or #rrggbb") from None
+    match = re.fullmatch(r"#?([0-9a-f]{3}|[0-9a-f]{6})", text.strip(), re.IGNORECASE)
+    if not match:
+        raise UsageError(f"colour {text!r} is not #rgb or #rrggbb")
+    digits = match[1] if len(match[1]) == 6 else "".join(c * 2 for c in match[1])
+    return tuple(int(digits[i:i + 2], 16) for i in (0, 2, 4))
 
 
 @dataclass(frozen=True)
@@ -187,7 +184,9 @@ class Look:
 
 
 def own_alpha(path: Path) -> np.ndarray | None:
-    """The photo's own alpha channel (HxW uint8, EXIF-oriented like ``load_rgb``), None when it is opaque."""
+    """The photo's own alpha channel (HxW uint8, EXIF-oriented like ``load_rgb``), None when it is opaque.
+    Decoded apart from ``load_rgb`` (a second decode only for files with transparency) so that the model's view
+    of the photo stays exactly ``load_rgb``'s."""
     try:
         with Image.open(path) as img:
             if not img.has_transparency_data:
@@ -242,7 +241,8 @@ def _wanted(path: Path, skip_below: Path) -> bool:
 
 def plan(inputs: list[str], out: Path, recursive: bool = False, fmt: str = "png") -> list[Job]:
     """Jobs for files, folders (images directly inside; all below with ``recursive``) and glob patterns.
-    An argument that names no image is a UsageError. Images already below ``out`` are not inputs."""
+    An argument that names no image, or a folder that is ``out`` itself, is a UsageError; images below ``out``
+    (a subfolder of a folder being cut) are not inputs."""
     out_resolved = Path(out).resolve()
     found: list[tuple[Path, Path]] = []  # (input file, its path relative to what was named)
     nothing = []
@@ -258,7 +258,9 @@ def plan(inputs: list[str], out: Path, recursive: bool = False, fmt: str = "png"
             files = [] if wild is None else sorted(m for m in map(Path, glob.glob(arg, recursive=True))
                                                    if _wanted(m, out_resolved))
             base = Path(*path.parts[:wild]) if wild else Path(".")
-        if not files and path.is_dir():
+        if not path.is_file() and base.resolve() == out_resolved:
+            nothing.append(f"{arg}: the output folder itself (outputs would be cut again): -o another folder")
+        elif not files and path.is_dir():
             nothing.append(f"{arg}: no images in this folder" + ("" if recursive else " (-r for subfolders)"))
         elif not files:
             nothing.append(f"{arg}: no such file or folder, or no image matches")

@@ -141,3 +141,18 @@ def test_formats_clashes_limits_and_usage_errors(photos, tiny_build, tmp_path, c
     with pytest.raises(SystemExit) as exited:
         clearcut(cut + [str(photos / "good.png"), "--format", "gif"])
     assert exited.value.code == 2
+
+
+def test_plan_mirrors_folders_and_leaves_its_own_outputs_alone(photos, tmp_path):
+    from eval.cut import UsageError, plan
+
+    photos = shutil.copytree(photos, tmp_path / "photos")
+    out = photos / "sub" / "cut"  # an output folder inside the folder being cut
+    out.mkdir()
+    (out / "earlier.png").write_bytes((photos / "good.png").read_bytes())
+    jobs = plan([str(photos), str(photos / "good.png")], out, recursive=True, fmt="webp")
+    assert {(j.source.relative_to(photos).as_posix(), j.target.relative_to(out).as_posix()) for j in jobs} == {
+        ("corrupt.png", "corrupt.webp"), ("good.png", "good.webp"), ("rotated.jpg", "rotated.webp"),
+        ("transparent.png", "transparent.webp"), ("sub/nested.jpg", "sub/nested.webp")}
+    with pytest.raises(UsageError, match="the output folder itself"):
+        plan([str(photos)], photos)
