@@ -156,3 +156,39 @@ def test_plan_mirrors_folders_and_leaves_its_own_outputs_alone(photos, tmp_path)
         ("transparent.png", "transparent.webp"), ("sub/nested.jpg", "sub/nested.webp")}
     with pytest.raises(UsageError, match="the output folder itself"):
         plan([str(photos)], photos)
+
+
+def test_staged_bundle_variant_runs_stage_by_stage(photos, bundle, tmp_path, capsys):
+    """A variant shipped as stages: here an Identity graph, then the model reading the original input by name."""
+    import hashlib
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from common.files import sri
+
+    staged = shutil.copytree(bundle, tmp_path / "staged")
+    manifest = json.loads((staged / "manifest.json").read_text())
+    entry = manifest["variants"]["fp32"]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 64, 64]) for n in ("input", "copy")]
+    first = helper.make_model(helper.make_graph([helper.make_node("Identity", ["input"], ["copy"])], "first",
+                                                io[:1], io[1:]), opset_imports=[helper.make_opsetid("", 17)])
+    data = first.SerializeToString()
+    onnx.checker.check_model(first)
+    digest = hashlib.sha256(data).hexdigest()
+    (staged / "chunks" / f"{digest}.bin").write_bytes(data)
+    chunk = {"path": f"chunks/{digest}.bin", "sha256": digest, "bytes": len(data), "integrity": sri(data)}
+    stages = [{"name": "first", "bytes": len(data), "sha256": digest, "inputs": ["input"], "outputs": ["copy"],
+               "session_config": {}, "chunks": [chunk]},
+              {"name": "model", "bytes": entry["bytes"], "sha256": entry.pop("sha256"), "inputs": ["input"],
+               "outputs": ["alpha"], "session_config": entry.pop("session_config"), "chunks": entry.pop("chunks")}]
+    manifest["variants"]["fp32"] = {**entry, "bytes": entry["bytes"] + len(data), "stages": stages}
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+
+    masks = []
+    for root in (bundle, staged):
+        out = tmp_path / f"out-{root.name}"
+        assert clearcut(["cut", str(photos / "good.png"), "-o", str(out), "--bundle", str(root), "--variant", "fp32",
+                         "--output", "mask"]) == 0
+        masks.append(np.asarray(Image.open(out / "good.png")))
+    assert f"fp32 (bundle {staged}, 2 stages)" in capsys.readouterr().err and np.array_equal(*masks)
