@@ -3,7 +3,9 @@ browser runtime cuts them (web_runtime/src/worker.js), without a browser and wit
 
 The model comes from a build folder (`build/<model>/`, its manifest names each variant's ONNX file and sha256)
 or a bundle (`dist/`: each variant's chunks are read, checked against their sha256, joined, checked against
-the graph's sha256 and run from memory with the manifest's session settings). A photo is cut like this:
+the graph's sha256 and run from memory with the manifest's session settings). A build runs its variant's whole
+graph; a bundle's staged variant runs stage by stage (``run_stages``), its sessions opened once for all photos
+(native memory is not the browser's 4 GB WASM heap). A photo is cut like this:
 
 1. decode with ``eval.images.load_rgb`` (EXIF orientation, the pixel limit, ``Image.convert('RGB')``: what the
    model sees), preprocess as the manifest says, run the graph (or the bundle's stages, in order);
@@ -15,7 +17,7 @@ the graph's sha256 and run from memory with the manifest's session settings). A 
 
 Outputs are ``<out>/<input's path relative to what was named, without suffix>.<format>``: a file named on the
 command line keeps its name, a folder's images keep their path below it (subfolders only with ``-r``), a glob's
-matches their path below the pattern's first folder with a wildcard. Two inputs with the same output name: the
+matches their path below the pattern's leading folders without wildcards. Two inputs with the same output name: the
 first (in command-line order, files sorted within a folder) is cut, the other fails naming both. No metadata
 (EXIF, GPS) is copied: the orientation is applied to the pixels.
 """
@@ -345,7 +347,8 @@ def main(args: argparse.Namespace) -> int:
     except ModelError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"{len(jobs)} photo(s) -> {args.out}: {model.label}, {look.output} as {look.format}, refine {args.refine or model.refine_params.get('default')}",
+    refine_mode = args.refine or model.refine_params.get("default")
+    print(f"{len(jobs)} photo(s) -> {args.out}: {model.label}, {look.output} as {look.format}, refine {refine_mode}",
           file=sys.stderr)
     tally = cut_files(model, jobs, look, args.overwrite, max_pixels)
     rate = f" ({tally.cut / tally.seconds:.2f} photos/s)" if tally.cut and tally.seconds else ""
