@@ -49,3 +49,19 @@ def test_cli_cutout_of_a_transparent_photo_matches_the_browser(harness, web_root
         cli = np.asarray(img)
     assert (cli[:, :64, 3] == 0).all() and (browser["rgba"][:, :64, 3] == 0).all()
     _mean_abs(browser["rgba"][..., 3], cli[..., 3], "transparent.png cutout alpha")
+
+
+def test_cli_colour_background_matches_the_browser_without_bias(harness, web_root, tmp_path, capsys):
+    # Both sides round the composite once (Uint8ClampedArray and numpy round to nearest): no half-level offset.
+    assert harness.load("tiny")["ok"]
+    photo = PHOTOS[0]
+    args = ["cut", str(photo), "-o", str(tmp_path), "--bundle", str(web_root / "tiny"), "--output", "color",
+            "--color", "#3366cc", "--refine", "off"]
+    assert clearcut(args) == 0
+    browser = harness.cut(photo.read_bytes(), output="color", color="#3366cc", format="raw", refine=False)
+    assert browser["ok"], browser
+    with Image.open(tmp_path / f"{photo.stem}.png") as img:
+        cli = np.asarray(img.convert("RGB")).astype(np.float32)
+    _mean_abs(browser["rgba"][..., :3], cli, f"{photo.name} colour composite")
+    bias = float((browser["rgba"][..., :3].astype(np.float32) - cli).mean())
+    assert abs(bias) < 0.25, f"the browser's composite is {bias:+.2f} levels off the CLI's on average"
