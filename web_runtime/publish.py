@@ -401,14 +401,19 @@ def fetch(url: str, timeout: float = 60) -> tuple[int, dict[str, str], bytes]:
     return status, headers, body
 
 
+def _content_problems(where: str, item: Item, data: bytes) -> list[str]:
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) == item.bytes and digest == item.sha256:
+        return []
+    return [f"{where}: {len(data)} bytes, sha256 {digest[:16]}…; expected {item.bytes} bytes, sha256 "
+            f"{item.sha256[:16]}… (altered or damaged: re-publish with --force)"]
+
+
 def check_response(item: Item, status: int, headers: dict[str, str], body: bytes, encoding: str | None) -> list[str]:
     """What is wrong with one object as served (empty when nothing is)."""
     if status != 200:
         return [f"{item.key}: HTTP {status}"]
-    problems = []
-    if len(body) != item.bytes or hashlib.sha256(body).hexdigest() != item.sha256:
-        problems.append(f"{item.key}: {len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()[:16]}…; expected "
-                        f"{item.bytes} bytes, sha256 {item.sha256[:16]}… (altered or damaged: re-publish with --force)")
+    problems = _content_problems(item.key, item, body)
     served_type = headers.get("content-type", "").split(";")[0].strip().lower()
     if served_type != content_type(item.key).split(";")[0]:
         problems.append(f"{item.key}: Content-Type {headers.get('content-type')!r}, expected {content_type(item.key)!r}")
@@ -454,8 +459,7 @@ def verify_folder(folder: Folder, planned: list[tuple[Item, str | None]]) -> lis
             except (OSError, brotli.error) as err:
                 problems.append(f"{file}: {err}")
                 continue
-            if len(data) != item.bytes or hashlib.sha256(data).hexdigest() != item.sha256:
-                problems.append(f"{file}: content differs from the bundle's {item.key} (re-publish with --force)")
+            problems += _content_problems(str(file), item, data)
     return problems
 
 
@@ -554,11 +558,12 @@ def publish(dist: Path, dest: str, *, dry_run: bool = False, prune: bool = False
         if report.pruned:
             target.finish(bundle.manifest)
     if verify:
-        planned = [(item, encoding) for item, _, encoding, _ in plan]
+        # A bucket stores the encoding with the object; a folder's server picks its own (brotli_static, gzip, none).
+        planned = [(item, encoding if isinstance(target, Bucket) else None) for item, _, encoding, _ in plan]
         if report.public_url:
             report.problems, report.warnings = verify_http(report.public_url, planned)
         else:
-            report.problems = verify_folder(target, planned)
+            report.problems = verify_folder(target, [(item, encoding) for item, _, encoding, _ in plan])
         report.verified = len(planned)
     report.seconds = time.monotonic() - started
     return report
