@@ -327,8 +327,9 @@ def test_verify_catches_a_tampered_object(bundle, site, capsys):
 def test_prune_keeps_latest_and_the_most_recent(bundle, site, tmp_path):
     versions = []
     for name in ("v1", "v2", "v3"):
+        if versions and isinstance(site, S3Site):
+            time.sleep(1.1)  # S3 LastModified has one-second resolution: v3 must be the most recent
         versions.append(_publish(_variant(bundle, tmp_path, name), site, verify=False).version)
-        time.sleep(1.1)  # S3 LastModified has one-second resolution
     unfinished = "0.0.0-000000000000"  # a version folder without a manifest: an interrupted publish
     site.put(f"{unfinished}/chunks/0.bin", b"left over")
     current = _publish(_variant(bundle, tmp_path, "v4"), site, prune=True, keep=2)
