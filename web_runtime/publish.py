@@ -238,8 +238,15 @@ class Folder:
 
     def finish(self, manifest: dict) -> None:
         """Host configs for the versioned layout at the folder's root (nginx snippet, Netlify/Pages `_headers`)."""
-        self._write(self.root / "nginx.conf.snippet", (nginx_types() + nginx_locations(manifest["runtime"]["ort_dir"])).encode())
+        self._write(self.root / "nginx.conf.snippet", (NGINX_BROTLI_NOTE + nginx_types()
+                                                        + nginx_locations(manifest["runtime"]["ort_dir"])).encode())
         self._write(self.root / "_headers", published_headers_file(sorted(self.versions())).encode())
+
+
+NGINX_BROTLI_NOTE = (
+    "# Include inside a `server {}` whose root is this folder. To serve the <name>.br siblings to browsers that\n"
+    "# accept br (Debian: apt-get install libnginx-mod-http-brotli-static), add to that server block:\n"
+    "#     brotli_static on;  gzip_vary on;\n")
 
 
 def published_headers_file(versions: list[str]) -> str:
