@@ -19,7 +19,7 @@ import pytest
 
 from tests.tiny_bundle import REPO, export_tiny_u2netp
 from web_runtime.build_bundle import CACHE_IMMUTABLE, CACHE_SHORT, build_bundle
-from web_runtime.publish import LATEST, S3_CORS, fetch, main, publish, read_bundle, verify_http
+from web_runtime.publish import LATEST, S3_CORS, fetch, listed_files, main, publish, read_bundle, verify_http
 from web_runtime.serve import NginxServer, find_nginx, free_port
 
 KEY, SECRET, BUCKET = "clearcut-test", "clearcut-secret", "pub"
@@ -227,7 +227,7 @@ def test_publish_uploads_a_versioned_bundle_then_nothing(bundle, site):
     assert (again.uploaded, again.uploaded_bytes, again.skipped, again.problems) == (0, 0, len(local.items) + 1, [])
 
 
-def test_s3_objects_carry_type_cache_encoding_and_checksums(bundle, weed, env):
+def test_s3_objects_carry_type_cache_encoding_and_checksums(bundle, weed, env, tmp_path):
     site = S3Site(weed, "headers")
     report = _publish(bundle, site, set_cors=True)
     assert report.problems == [] and report.warnings == []
@@ -250,6 +250,11 @@ def test_s3_objects_carry_type_cache_encoding_and_checksums(bundle, weed, env):
             assert (head["ContentType"], head["CacheControl"], head.get("ContentEncoding")) == expected[rel]
     head = site.s3.head_object(Bucket=BUCKET, Key=f"headers/{LATEST}")
     assert (head["ContentType"], head["CacheControl"]) == ("application/json", CACHE_SHORT)
+    # the next version (another stylesheet): unchanged chunks, runtime and onnxruntime files are copied from
+    # the current version inside the store; only the changed page, stylesheet and latest.json travel
+    following = _publish(_variant(bundle, tmp_path, "next"), site)
+    assert following.problems == [] and following.uploaded_bytes < 20_000
+    assert following.copied == len(listed_files(read_bundle(bundle).manifest))
     # a page on another origin may fetch the bundle (bucket CORS)
     request = urllib.request.Request(f"{site.public_url}/{LATEST}", headers={"Origin": "https://shop.example"})
     with urllib.request.urlopen(request) as response:
@@ -308,7 +313,7 @@ def test_interrupted_publish_keeps_the_old_version(bundle, site, tmp_path):
     assert problems == []
 
     finished = _publish(new_bundle, site)  # the re-run finishes the job
-    assert finished.problems == [] and finished.uploaded == len(new.items) + 1 - 5
+    assert finished.problems == [] and finished.uploaded + finished.copied == len(new.items) + 1 - 5
     assert json.loads(site.read(LATEST))["version"] == new.version
 
 

@@ -226,6 +226,9 @@ class Folder:
         except OSError:
             return None
 
+    def donors(self) -> dict[str, tuple[str, str]]:
+        return {}  # a local copy costs what writing from the bundle costs
+
     def versions(self) -> dict[str, float | None]:
         """Version folders and when their manifest was written (None: no manifest, an unfinished publish)."""
         if not self.root.is_dir():
@@ -344,9 +347,32 @@ class Bucket:
                    ChecksumSHA256=base64.b64encode(hashlib.sha256(body).digest()).decode(), **extra)
 
     def read(self, key: str) -> bytes | None:
+        """The object's bytes, decoded when it is stored brotli-compressed."""
         if self._head(key) is None:
             return None
-        return self._call("get_object", Key=self._key(key))["Body"].read()
+        response = self._call("get_object", Key=self._key(key))
+        body = response["Body"].read()
+        return brotli.decompress(body) if response.get("ContentEncoding") == "br" else body
+
+    def donors(self) -> dict[str, tuple[str, str]]:
+        """`rel -> (key, sha256)` of the files the current version (latest.json's) lists: a new version's
+        unchanged model chunks and onnxruntime files are copied from there inside the store, not uploaded."""
+        try:
+            version = json.loads(self.read(LATEST) or b"{}").get("version", "")
+            manifest = json.loads(self.read(f"{version}/manifest.json") or b"{}") if VERSION.fullmatch(version) else {}
+        except (ValueError, AttributeError, brotli.error):
+            return {}  # no usable previous version: everything is uploaded
+        return {rel: (f"{version}/{rel}", entry["sha256"]) for rel, entry in listed_files(manifest).items()}
+
+    def copy(self, source: str, item: Item, encoding: str | None) -> bool:
+        """Server-side copy of `source` to `item.key` when `source` holds the same bytes with the same headers."""
+        head = self._head(source)
+        if not head or head.get("Metadata", {}).get("sha256") != item.sha256 or head.get("ContentEncoding") != encoding \
+                or (head.get("ContentType"), head.get("CacheControl")) != (content_type(item.key), cache_control(item.key)):
+            return False
+        self._call("copy_object", Key=self._key(item.key), CopySource={"Bucket": self.bucket, "Key": self._key(source)},
+                   MetadataDirective="COPY")
+        return True
 
     def _keys(self, prefix: str) -> list[dict]:
         objects, token = [], None
@@ -480,6 +506,8 @@ class Report:
     module: str = "clearcut.js"
     uploaded: int = 0
     uploaded_bytes: int = 0
+    copied: int = 0  # server-side copies from the previous version: no bytes sent
+    copied_bytes: int = 0
     skipped: int = 0
     skipped_bytes: int = 0
     verified: int = 0
@@ -519,6 +547,7 @@ def publish(dist: Path, dest: str, *, dry_run: bool = False, prune: bool = False
     report = Report(bundle.version, target.name, public_url or target.default_public_url,
                     module=bundle.manifest["runtime"]["module"])
     compressor = Compressor(brotli_quality)
+    donors = {} if force else target.donors()  # --force: every byte from the bundle
     plan = []
     for item in bundle.items + [bundle.latest]:
         stored, encoding = compressor.size(item)
@@ -527,13 +556,18 @@ def publish(dist: Path, dest: str, *, dry_run: bool = False, prune: bool = False
             row = report.brotli.setdefault(kind(item.key), [0, 0])
             row[0] += item.bytes
             row[1] += stored
+    copies = {item.key: donors[rel][0] for item, *_ in plan
+              if (rel := item.key.split("/", 1)[-1]) in donors and donors[rel][1] == item.sha256
+              and donors[rel][0] != item.key}
     if dry_run:
         for item, stored, encoding, present in plan:
-            log(f"{'skip  ' if present else 'upload'} {item.key}  {item.bytes:>11,} B"
+            action = "skip  " if present else "copy  " if item.key in copies else "upload"
+            log(f"{action} {item.key}  {item.bytes:>11,} B"
                 + (f" -> {stored:>11,} B br" if encoding else " " * 17) + f"  {cache_control(item.key)}")
-        pending = [p for p in plan if not p[3]]
-        log(f"dry run: {len(pending)} objects ({sum(p[1] for p in pending):,} bytes) to upload, "
-            f"{len(plan) - len(pending)} already present; nothing was written")
+        pending = [p for p in plan if not p[3] and p[0].key not in copies]
+        copied = sum(1 for p in plan if not p[3] and p[0].key in copies)
+        log(f"dry run: {len(pending)} objects ({sum(p[1] for p in pending):,} bytes) to upload, {copied} to copy "
+            f"inside the store, {len(plan) - len(pending) - copied} already present; nothing was written")
         report.seconds = time.monotonic() - started
         return report
     if set_cors:
@@ -549,15 +583,19 @@ def publish(dist: Path, dest: str, *, dry_run: bool = False, prune: bool = False
                 report.skipped += 1
                 report.skipped_bytes += stored
                 continue
-            body, encoding = compressor.body(item)
-            try:
-                target.put(item, body, encoding)
-            except OSError as err:
-                raise PublishError(f"writing {item.key} to {target.name} failed: {err}; re-run to finish "
-                                   "(the previous version and latest.json are untouched)") from None
-            report.uploaded += 1
-            report.uploaded_bytes += len(body)
-            bar.update(len(body))
+            if item.key in copies and target.copy(copies[item.key], item, encoding):
+                report.copied += 1
+                report.copied_bytes += stored
+            else:
+                body, encoding = compressor.body(item)
+                try:
+                    target.put(item, body, encoding)
+                except OSError as err:
+                    raise PublishError(f"writing {item.key} to {target.name} failed: {err}; re-run to finish "
+                                       "(the previous version and latest.json are untouched)") from None
+                report.uploaded += 1
+                report.uploaded_bytes += len(body)
+            bar.update(stored)
             if on_object:
                 on_object(item)
     if prune:
@@ -582,7 +620,9 @@ def _mb(n: int) -> str:
 
 def summary(report: Report) -> list[str]:
     lines = [f"published {report.version} to {report.destination} in {report.seconds:.1f} s: "
-             f"{report.uploaded} objects uploaded ({_mb(report.uploaded_bytes)}), {report.skipped} already present "
+             f"{report.uploaded} objects uploaded ({_mb(report.uploaded_bytes)}), "
+             + (f"{report.copied} copied inside the store ({_mb(report.copied_bytes)}), " if report.copied else "")
+             + f"{report.skipped} already present "
              f"({_mb(report.skipped_bytes)}), {report.verified} verified"
              + (f" over {report.public_url}" if report.public_url and report.verified else "")]
     saved = [f"{k} {_mb(raw)} -> {_mb(stored)} (-{1 - stored / raw:.0%})" for k, (raw, stored) in
