@@ -22,7 +22,7 @@ from web_runtime.build_bundle import CACHE_IMMUTABLE, CACHE_SHORT, build_bundle
 from web_runtime.publish import LATEST, S3_CORS, fetch, listed_files, main, publish, read_bundle, verify_http
 from web_runtime.serve import NginxServer, find_nginx, free_port
 
-KEY, SECRET, BUCKET = "clearcut-test", "clearcut-secret", "pub"
+KEY, SECRET, BUCKET, PRIVATE = "clearcut-test", "clearcut-secret", "pub", "private"
 QUALITY = 5  # brotli quality for the tests: the 14 MB onnxruntime wasm compresses in ~1 s instead of ~10 s
 WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
               "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "metricsPort")
@@ -38,14 +38,14 @@ def _weed() -> str | None:
 
 
 class Weed:
-    """SeaweedFS all-in-one on 127.0.0.1 (free ports, temp dir): an admin identity and anonymous read."""
+    """SeaweedFS all-in-one on 127.0.0.1 (free ports, temp dir): an admin identity; anonymous read of one bucket."""
 
     def __init__(self, binary: str, root: Path):
         self.root, self.ports = root, {name: free_port() for name in WEED_PORTS}
         config = {"identities": [
             {"name": "admin", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
              "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
-            {"name": "anonymous", "actions": ["Read"]}]}
+            {"name": "anonymous", "actions": [f"Read:{BUCKET}"]}]}
         (root / "s3.json").write_text(json.dumps(config))
         (root / "data").mkdir()
         flags = [f"-{name}={port}" for name, port in self.ports.items()]
@@ -53,7 +53,7 @@ class Weed:
         self.process = subprocess.Popen(
             [binary, "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *flags,
              "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-             f"-s3.config={root / 's3.json'}", f"-bucket={BUCKET}"],
+             f"-s3.config={root / 's3.json'}", f"-bucket={BUCKET},{PRIVATE}"],
             cwd=root, stdout=self.log, stderr=subprocess.STDOUT)
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         deadline = time.monotonic() + 30
@@ -308,8 +308,8 @@ def test_interrupted_publish_keeps_the_old_version(bundle, site, tmp_path):
     assert f"{new.version}/chunks/" in "".join(keys) and f"{new.version}/manifest.json" not in keys
     assert json.loads(site.read(LATEST))["version"] == old.version
     # the old version still serves a complete, intact bundle
-    old_items = [(item, None) for item in read_bundle(bundle).items]
-    problems, _ = verify_http(site.public_url, old_items)
+    old_bundle = read_bundle(bundle)
+    problems, _ = verify_http(site.public_url, [(item, None) for item in old_bundle.items + [old_bundle.latest]])
     assert problems == []
 
     finished = _publish(new_bundle, site)  # the re-run finishes the job
@@ -354,6 +354,7 @@ def test_clear_errors(bundle, weed, env, tmp_path, capsys):
         ({}, ["s3://no-such-bucket/x"], f"bucket no-such-bucket at endpoint {weed.endpoint} does not exist"),
         ({}, [f"s3://{BUCKET}/x", "--endpoint-url", f"http://127.0.0.1:{unused}"],
          f"cannot reach the S3 endpoint http://127.0.0.1:{unused}"),
+        ({}, [f"s3://{PRIVATE}/x"], f"{weed.endpoint}/{PRIVATE}/x/{LATEST}: HTTP 403: this URL is not publicly readable"),
         ({}, [f"s3://{BUCKET}/x", "--dist", str(tmp_path / "missing")], "is not a folder"),
         ({}, [f"s3://{BUCKET}/x", "--dist", str(tmp_path / "bad")], "is not valid JSON"),
     ]
@@ -362,7 +363,7 @@ def test_clear_errors(bundle, weed, env, tmp_path, capsys):
             for name, value in variables.items():
                 mp.setenv(name, value)
             if "--dist" not in args:
-                args = args + ["--dist", str(bundle)]
+                args = args + ["--dist", str(bundle), "--brotli-quality", str(QUALITY)]
             assert main(args) == 1, args
             err = capsys.readouterr().err
             assert message in err, (args, err)

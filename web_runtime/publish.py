@@ -459,24 +459,29 @@ def check_response(item: Item, status: int, headers: dict[str, str], body: bytes
 
 
 def verify_http(base_url: str, planned: list[tuple[Item, str | None]]) -> tuple[list[str], list[str]]:
-    """Fetch every object back from `base_url`; returns (problems, warnings). The manifest comes first: it must
-    be the one published, which makes the objects it lists exactly the ones checked here."""
+    """Fetch every object back from `base_url` (latest.json last in `planned`); returns (problems, warnings).
+    Checking the version's manifest (by sha256) and every other object of the version checks every object the
+    manifest lists."""
     base = base_url.rstrip("/") + "/"
     warnings = []
 
-    def one(entry: tuple[Item, str | None]) -> list[str]:
+    def one(entry: tuple[Item, str | None]) -> tuple[int | None, list[str]]:
         item, encoding = entry
         try:
             status, headers, body = fetch(base + item.key)
         except (OSError, brotli.error, EOFError, ValueError) as err:
-            return [f"{item.key}: cannot fetch {base + item.key}: {err}"]
-        if item.key == LATEST and "access-control-allow-origin" not in headers:
+            return None, [f"{item.key}: cannot fetch {base + item.key}: {err}"]
+        if item.key == LATEST and status == 200 and "access-control-allow-origin" not in headers:
             warnings.append(f"{base}{LATEST}: no Access-Control-Allow-Origin: pages on other origins cannot fetch "
                             "the bundle (apply the CORS rules: --set-cors, or --print-cors)")
-        return check_response(item, status, headers, body, encoding)
+        return status, check_response(item, status, headers, body, encoding)
 
+    status, problems = one(planned[-1])
+    if status in (401, 403):  # one message, not one per object
+        return [f"{base}{LATEST}: HTTP {status}: this URL is not publicly readable; pass the URL browsers use with "
+                "--public-url (R2: the r2.dev URL or the bucket's custom domain), or --no-verify"], warnings
     with ThreadPoolExecutor(4) as pool:
-        problems = [p for found in pool.map(one, planned) for p in found]
+        problems += [p for _, found in pool.map(one, planned[:-1]) for p in found]
     return problems, warnings
 
 
@@ -633,6 +638,9 @@ def summary(report: Report) -> list[str]:
         lines.append(f"pruned {len(report.pruned)} old version(s): {', '.join(report.pruned)}")
     if report.public_url:
         lines += [f"  {name:<12} {url}" for name, url in report.urls(report.public_url).items()]
+    else:
+        lines += [f"  {name:<12} {url}  (relative to the URL the folder is served at)"
+                  for name, url in report.urls(".").items()]
     lines += [f"warning: {w}" for w in report.warnings]
     return lines
 
