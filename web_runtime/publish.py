@@ -46,8 +46,8 @@ HOST_CONFIGS = {"_headers", "nginx.conf.snippet"}  # the flat bundle's host conf
 VERSION = re.compile(PUBLISHED_VERSION_RE)
 DEFAULT_KEEP = 3
 
-# brotli: wasm, JS, JSON, model chunks and text. Quality 9 (window 2^24): ~1 s per MB here, ~1 % larger than 11,
-# which takes ~10x longer; results are cached by sha256, so each file is compressed once.
+# brotli: wasm, JS, JSON, model chunks and text. Quality 9 (window 2^24): ~0.7 s per MB here; 11 takes ~10x longer
+# for a little less (onnxruntime's wasm: 2.30 instead of 2.69 MB of 14.2). Cached by sha256: each file once.
 BROTLI_SUFFIXES = {".wasm", ".js", ".mjs", ".json", ".bin", ".css", ".html", ".ts"}
 BROTLI_QUALITY = 9
 BROTLI_MIN_SAVING = 0.03  # below this the decode work is not worth it: the file is stored as it is
@@ -89,7 +89,6 @@ class Item:
     key: str
     bytes: int
     sha256: str
-    rank: int
     source: Path | None = None
     data: bytes | None = None
 
@@ -108,10 +107,11 @@ class Bundle:
     def latest(self) -> Item:
         data = (json.dumps({"version": self.version, "manifest": f"{self.version}/manifest.json",
                             "module": f"{self.version}/{self.manifest['runtime']['module']}"}, indent=1) + "\n").encode()
-        return Item(LATEST, len(data), hashlib.sha256(data).hexdigest(), rank=9, data=data)
+        return Item(LATEST, len(data), hashlib.sha256(data).hexdigest(), data=data)
 
 
 def _rank(rel: str) -> int:
+    """Upload order inside a version: content-addressed chunks, the other files, then the entry points."""
     if rel in ENTRY_POINTS:
         return 2 + ENTRY_POINTS.index(rel)
     return 0 if rel.startswith("chunks/") else 1
@@ -157,7 +157,7 @@ def read_bundle(root: Path) -> Bundle:
     runtime = re.sub(r"[^0-9A-Za-z.+_]", "_", str(manifest.get("versions", {}).get("clearcut-runtime", "bundle")))
     version = f"{runtime}-{digest[:12]}"
     ordered = sorted(items, key=lambda it: (_rank(it[0]), it[0]))
-    return Bundle(root, manifest, version, [Item(f"{version}/{rel}", size, sha, _rank(rel), source=path)
+    return Bundle(root, manifest, version, [Item(f"{version}/{rel}", size, sha, source=path)
                                             for rel, path, size, sha in ordered])
 
 
@@ -175,10 +175,13 @@ class Compressor:
         br, raw = stem.with_suffix(stem.suffix + ".br"), stem.with_suffix(stem.suffix + ".raw")
         if not br.exists() and not raw.exists():
             packed = brotli.compress(item.read(), quality=self.quality, lgwin=24)
-            if len(packed) <= item.bytes * (1 - BROTLI_MIN_SAVING):
-                atomic_write_bytes(br, packed)
-            else:
-                atomic_write_bytes(raw, b"")  # remembered: not worth compressing
+            # an empty `.raw` remembers that compressing this file is not worth it
+            path, data = (br, packed) if len(packed) <= item.bytes * (1 - BROTLI_MIN_SAVING) else (raw, b"")
+            try:
+                atomic_write_bytes(path, data)
+            except OSError as err:
+                raise PublishError(f"cannot write the brotli cache {self.cache}: {err}; point CLEARCUT_CACHE at a "
+                                   "writable folder") from None
         return br if br.exists() else None
 
     def size(self, item: Item) -> tuple[int, str | None]:
@@ -319,7 +322,7 @@ class Bucket:
                         "AccessDenied", "InvalidClientTokenId", "403", "Forbidden", "Unauthorized"):
                 raise PublishError(f"S3 refused the credentials for {where}: {detail} (key id, secret and "
                                    f"permissions: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE)") from None
-            if code in ("NoSuchBucket",):
+            if code == "NoSuchBucket":
                 raise PublishError(f"{where} does not exist ({detail}): create it first, or check the name") from None
             raise PublishError(f"S3 {operation} on {where} failed: {detail}") from None
 
@@ -540,6 +543,83 @@ def prune_versions(target: Folder | Bucket, current: str, keep: int) -> list[str
     return doomed
 
 
+@dataclass
+class Step:
+    """What a publish does with one object."""
+    item: Item
+    stored: int  # bytes as stored: brotli-compressed when `encoding` is "br"
+    encoding: str | None
+    present: bool  # already at the destination with the same sha256 and headers: skipped
+    copy_from: str | None = None  # a key in the bucket holding the same bytes: copied there, not uploaded
+
+    @property
+    def action(self) -> str:
+        return "skip" if self.present else "copy" if self.copy_from else "upload"
+
+
+def plan(bundle: Bundle, target: Folder | Bucket, compressor: Compressor, force: bool = False) -> list[Step]:
+    """One step per object in upload order, latest.json last. `force`: every byte from the bundle."""
+    donors = {} if force else target.donors()
+    steps = []
+    for item in bundle.items + [bundle.latest]:
+        stored, encoding = compressor.size(item)
+        donor = donors.get(item.key.split("/", 1)[-1])
+        steps.append(Step(item, stored, encoding, not force and target.present(item, encoding),
+                          donor[0] if donor and donor[1] == item.sha256 and donor[0] != item.key else None))
+    return steps
+
+
+def brotli_savings(steps: list[Step]) -> dict[str, list[int]]:
+    """kind -> [raw bytes, stored bytes] over the compressible files."""
+    rows: dict[str, list[int]] = {}
+    for step in steps:
+        if step.encoding or PurePosixPath(step.item.key).suffix in BROTLI_SUFFIXES:
+            row = rows.setdefault(kind(step.item.key), [0, 0])
+            row[0] += step.item.bytes
+            row[1] += step.stored
+    return rows
+
+
+def plan_lines(steps: list[Step]) -> list[str]:
+    lines = [f"{step.action:<6} {step.item.key}  {step.item.bytes:>11,} B"
+             + (f" -> {step.stored:>11,} B br" if step.encoding else " " * 17) + f"  {cache_control(step.item.key)}"
+             for step in steps]
+    count = {action: [s for s in steps if s.action == action] for action in ("upload", "copy", "skip")}
+    return lines + [f"dry run: {len(count['upload'])} objects ({sum(s.stored for s in count['upload']):,} bytes) to "
+                    f"upload, {len(count['copy'])} to copy inside the store, {len(count['skip'])} already present; "
+                    "nothing was written"]
+
+
+def upload(steps: list[Step], target: Folder | Bucket, compressor: Compressor, report: Report, manifest: dict,
+           on_object: Callable[[Item], None] | None = None) -> None:
+    """Carry out the steps in order; the destination's host configs are written just before latest.json."""
+    with tqdm(total=sum(s.stored for s in steps if not s.present), unit="B", unit_scale=True,
+              desc=f"publish {report.version}", disable=None, leave=False) as bar:
+        for step in steps:
+            item = step.item
+            if item.key == LATEST:
+                target.finish(manifest)
+            if step.present:
+                report.skipped += 1
+                report.skipped_bytes += step.stored
+                continue
+            if step.copy_from and target.copy(step.copy_from, item, step.encoding):
+                report.copied += 1
+                report.copied_bytes += step.stored
+            else:
+                body, encoding = compressor.body(item)
+                try:
+                    target.put(item, body, encoding)
+                except (OSError, PublishError) as err:
+                    raise PublishError(f"writing {item.key} to {target.name} failed: {err}; re-run to finish "
+                                       "(the previous version and latest.json are untouched)") from None
+                report.uploaded += 1
+                report.uploaded_bytes += len(body)
+            bar.update(step.stored)
+            if on_object:
+                on_object(item)
+
+
 def publish(dist: Path, dest: str, *, dry_run: bool = False, prune: bool = False, keep: int = DEFAULT_KEEP,
             public_url: str | None = None, verify: bool = True, brotli_quality: int | None = BROTLI_QUALITY,
             force: bool = False, set_cors: bool = False, s3: dict | None = None,
@@ -549,72 +629,34 @@ def publish(dist: Path, dest: str, *, dry_run: bool = False, prune: bool = False
     bundle = read_bundle(Path(dist))
     target = open_destination(dest, **(s3 or {}))
     target.check()
+    if set_cors and not isinstance(target, Bucket):
+        raise PublishError("--set-cors applies to s3:// destinations; a folder's CORS headers are in _headers / nginx")
     report = Report(bundle.version, target.name, public_url or target.default_public_url,
                     module=bundle.manifest["runtime"]["module"])
     compressor = Compressor(brotli_quality)
-    donors = {} if force else target.donors()  # --force: every byte from the bundle
-    plan = []
-    for item in bundle.items + [bundle.latest]:
-        stored, encoding = compressor.size(item)
-        plan.append((item, stored, encoding, not force and target.present(item, encoding)))
-        if encoding or PurePosixPath(item.key).suffix in BROTLI_SUFFIXES:
-            row = report.brotli.setdefault(kind(item.key), [0, 0])
-            row[0] += item.bytes
-            row[1] += stored
-    copies = {item.key: donors[rel][0] for item, *_ in plan
-              if (rel := item.key.split("/", 1)[-1]) in donors and donors[rel][1] == item.sha256
-              and donors[rel][0] != item.key}
+    steps = plan(bundle, target, compressor, force)
+    report.brotli = brotli_savings(steps)
     if dry_run:
-        for item, stored, encoding, present in plan:
-            action = "skip  " if present else "copy  " if item.key in copies else "upload"
-            log(f"{action} {item.key}  {item.bytes:>11,} B"
-                + (f" -> {stored:>11,} B br" if encoding else " " * 17) + f"  {cache_control(item.key)}")
-        pending = [p for p in plan if not p[3] and p[0].key not in copies]
-        copied = sum(1 for p in plan if not p[3] and p[0].key in copies)
-        log(f"dry run: {len(pending)} objects ({sum(p[1] for p in pending):,} bytes) to upload, {copied} to copy "
-            f"inside the store, {len(plan) - len(pending) - copied} already present; nothing was written")
-        report.seconds = time.monotonic() - started
-        return report
-    if set_cors:
-        if not isinstance(target, Bucket):
-            raise PublishError("--set-cors applies to s3:// destinations; a folder's CORS headers are in _headers / nginx")
-        target.set_cors()
-    with tqdm(total=sum(stored for _, stored, _, present in plan if not present), unit="B", unit_scale=True,
-              desc=f"publish {bundle.version}", disable=None, leave=False) as bar:
-        for item, stored, encoding, present in plan:
-            if item.key == LATEST:
-                target.finish(bundle.manifest)  # host configs before the pointer moves
-            if present:
-                report.skipped += 1
-                report.skipped_bytes += stored
-                continue
-            if item.key in copies and target.copy(copies[item.key], item, encoding):
-                report.copied += 1
-                report.copied_bytes += stored
+        for line in plan_lines(steps):
+            log(line)
+    else:
+        if set_cors:
+            target.set_cors()
+        upload(steps, target, compressor, report, bundle.manifest, on_object)
+        if prune:
+            report.pruned = prune_versions(target, bundle.version, keep)
+            if report.pruned:
+                target.finish(bundle.manifest)
+        if verify:
+            planned = [(s.item, s.encoding) for s in steps]
+            if report.public_url:
+                # A bucket stores the encoding with the object; a server in front of a folder picks its own.
+                expect = isinstance(target, Bucket)
+                report.problems, report.warnings = verify_http(report.public_url, [
+                    (item, encoding if expect else None) for item, encoding in planned])
             else:
-                body, encoding = compressor.body(item)
-                try:
-                    target.put(item, body, encoding)
-                except OSError as err:
-                    raise PublishError(f"writing {item.key} to {target.name} failed: {err}; re-run to finish "
-                                       "(the previous version and latest.json are untouched)") from None
-                report.uploaded += 1
-                report.uploaded_bytes += len(body)
-            bar.update(stored)
-            if on_object:
-                on_object(item)
-    if prune:
-        report.pruned = prune_versions(target, bundle.version, keep)
-        if report.pruned:
-            target.finish(bundle.manifest)
-    if verify:
-        # A bucket stores the encoding with the object; a folder's server picks its own (brotli_static, gzip, none).
-        planned = [(item, encoding if isinstance(target, Bucket) else None) for item, _, encoding, _ in plan]
-        if report.public_url:
-            report.problems, report.warnings = verify_http(report.public_url, planned)
-        else:
-            report.problems = verify_folder(target, [(item, encoding) for item, _, encoding, _ in plan])
-        report.verified = len(planned)
+                report.problems = verify_folder(target, planned)
+            report.verified = len(planned)
     report.seconds = time.monotonic() - started
     return report
 
