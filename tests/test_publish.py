@@ -41,7 +41,10 @@ class Weed:
     """SeaweedFS all-in-one on 127.0.0.1 (free ports, temp dir): an admin identity; anonymous read of one bucket."""
 
     def __init__(self, binary: str, root: Path):
-        self.root, self.ports = root, {name: free_port() for name in WEED_PORTS}
+        ports: set[int] = set()
+        while len(ports) < len(WEED_PORTS):  # distinct, though each was free when asked
+            ports.add(free_port())
+        self.root, self.ports = root, dict(zip(WEED_PORTS, sorted(ports)))
         config = {"identities": [
             {"name": "admin", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
              "actions": ["Admin", "Read", "List", "Tagging", "Write"]},
