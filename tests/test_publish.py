@@ -183,7 +183,7 @@ class FolderSite:
 
 
 @pytest.fixture(params=["s3", "folder"])
-def site(request, env, tmp_path):
+def site(request, env):
     name = request.node.name.split("[")[0].replace("test_", "")[:40]
     if request.param == "s3":
         return S3Site(request.getfixturevalue("weed"), name)
