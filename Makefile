@@ -64,7 +64,7 @@ publish: setup-python
 
 ## bench-web: cold/warm cut per variant in headless Chromium vs native onnxruntime, WASM under Node and imgly
 bench-web: setup
-	$(PY) -m web_runtime.bench_web --dist $(DIST) --build build/$(MODEL) $(BENCH_ARGS)
+	$(PY) -m bench.web --dist $(DIST) --build build/$(MODEL) $(BENCH_ARGS)
 
 ## eval: compare built variants on size, parity, quality (DATA=folder with images/ + masks/) and speed
 eval: setup-python

@@ -119,3 +119,27 @@ def webgpu_features(path_or_model: Path | onnx.ModelProto) -> list[str]:
         if node.op_type == "Cast" and to == onnx.TensorProto.FLOAT16 and node.input[0] not in constants:
             return ["shader-f16"]
     return []
+
+
+# WebGPU's default maxStorageBuffersPerShaderStage is 8: one binding per input plus the output.
+WEBGPU_MAX_INPUTS = 7
+CONV_ATTRIBUTES = {"kernel_shape", "strides", "pads", "dilations", "group"}
+
+
+def webgpu_problems(path_or_model: Path | onnx.ModelProto) -> list[str]:
+    """Why onnxruntime-web's WebGPU backend would fail on this graph (empty: none found): tensors without a
+    static shape, Concat inputs or Split outputs beyond the per-shader buffer limit, Conv nodes relying on
+    attribute defaults."""
+    model = load_graph(path_or_model)
+    inferred = shape_inference.infer_shapes(model)
+    dynamic = [value.name for value in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input)
+               if not value.type.tensor_type.HasField("shape")
+               or any(not d.HasField("dim_value") for d in value.type.tensor_type.shape.dim)]
+    problems = [f"{len(dynamic)} tensor(s) without a static shape, e.g. {dynamic[0]}"] if dynamic else []
+    for node in model.graph.node:
+        fan = len(node.input) if node.op_type == "Concat" else len(node.output) if node.op_type == "Split" else 0
+        if fan > WEBGPU_MAX_INPUTS:
+            problems.append(f"{node.op_type} {node.name} has {fan} tensors (WebGPU allows {WEBGPU_MAX_INPUTS})")
+        if node.op_type == "Conv" and not CONV_ATTRIBUTES <= {a.name for a in node.attribute}:
+            problems.append(f"Conv {node.name} relies on attribute defaults")
+    return problems

@@ -16,22 +16,30 @@ def iou_at(a: np.ndarray, b: np.ndarray, threshold: float = 0.5) -> float:
     return 1.0 if union == 0 else float(np.logical_and(fa, fb).sum() / union)
 
 
-def compare(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray], names: Sequence[str]) -> dict:
-    """Per-image and summary differences between alpha maps in [0, 1]."""
-    per_image = []
-    for name, out, ref in zip(names, outputs, references):
-        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-        per_image.append({"image": name, "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
-                          "iou": iou_at(out, ref)})
+def image_parity(name: str, output: np.ndarray, reference: np.ndarray) -> dict:
+    """How far one alpha map in [0, 1] is from its reference: largest and mean absolute difference, IoU@0.5."""
+    diff = np.abs(output.astype(np.float64) - reference.astype(np.float64))
+    return {"image": name, "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+            "iou": iou_at(output, reference)}
+
+
+def summarize_parity(per_image: Sequence[dict]) -> dict:
+    """The summary of ``image_parity`` results: worst and mean difference, mean and worst IoU, and which image
+    has the worst IoU."""
     ious = [p["iou"] for p in per_image]
     return {
-        "max_abs": max(p["max_abs"] for p in per_image),
+        "max_abs": float(max(p["max_abs"] for p in per_image)),
         "mean_abs": float(np.mean([p["mean_abs"] for p in per_image])),
         "iou_mean": float(np.mean(ious)),
         "iou_worst": float(min(ious)),
         "worst_image": per_image[int(np.argmin(ious))]["image"],
-        "images": per_image,
     }
+
+
+def compare(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray], names: Sequence[str]) -> dict:
+    """Per-image and summary differences between alpha maps in [0, 1]."""
+    per_image = [image_parity(name, out, ref) for name, out, ref in zip(names, outputs, references)]
+    return {**summarize_parity(per_image), "images": per_image}
 
 
 def gate_failures(variant: str, numbers: dict, limits: ParityThresholds) -> list[str]:

@@ -1,12 +1,14 @@
 """`make export`: pull → import + reference check → export → variants → parity gate → manifest.
 
-Every stage is a function from files to files recorded in ``build/<model>/manifest.json``.
+The export is a plan of steps built from ``config × variants × graphs`` (graphs: the whole model, then the
+registry's browser stages); each step is a function from files to files recorded in
+``build/<model>/manifest.json`` and skipped when its inputs, parameters and tools are unchanged.
 """
 from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,27 +16,30 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from common.contract import INPUT_NAME, OUTPUT_NAME
+from common.files import atomic_write_bytes, sha256_file
+from common.onnx_graph import webgpu_problems
+from common.sessions import cpu_session, run_stage
 from eval.images import load_rgb, preprocess, sample_photos
 from eval.latency import cpu_latency_ms
 from eval.parity import ParityGateError, compare, gate_failures
 from export.manifest import BuildManifest, describe_file, gzip_size, tool_versions
-from common.contract import INPUT_NAME
-from common.sessions import cpu_session, run_stage, run_stages
 from export.torch_to_onnx import export_onnx, export_stages, reference_alpha
 from models.architectures import build_model
 from models.checkpoint import load_into, load_model
-from models.registry import ALL_VARIANTS, ModelConfig, Preprocessing, get_model_config
-from common.files import atomic_write_bytes, sha256_file
+from models.registry import ModelConfig, Preprocessing
 from models.weights import pull
+from quantize.recipes import ALL_VARIANTS, BASE_VARIANT, Calibration, get_recipe
 
 # An imported model must reproduce its source graph this closely on real photos.
 IMPORT_MAX_ABS = 2e-3
 IMPORT_MIN_IOU = 0.9999
+PARITY_FIELDS = ("max_abs", "mean_abs", "iou_mean", "iou_worst", "worst_image", "passed")
 
 
 @dataclass
 class ExportOptions:
-    model: str
+    config: ModelConfig  # the CLI resolves a model name through the registry; tests pass their own configs
     variants: Sequence[str] | None = None  # None: the registry's default variants
     weights: Path | None = None  # a local file instead of the registry's source
     input_size: tuple[int, int] | None = None  # None: the registry's size
@@ -48,15 +53,301 @@ class ExportOptions:
     log: Callable[[str], None] = field(default=print)
 
 
-def _preprocessing(config: ModelConfig, size: tuple[int, int] | None) -> Preprocessing:
-    if size is None:
-        return config.preprocessing
-    from dataclasses import replace
-    return replace(config.preprocessing, input_size=tuple(size))
+@dataclass(frozen=True)
+class Step:
+    """One unit of the export: reads ``inputs``, writes ``outputs``; ``params`` and the inputs' hashes key it."""
+
+    name: str
+    inputs: dict[str, Path]
+    params: dict
+    outputs: dict[str, Path]
+    run: Callable[[], dict | None]
 
 
-def _inputs(images: Sequence[Path], pre: Preprocessing) -> list[np.ndarray]:
-    return [preprocess(load_rgb(p), pre) for p in images]
+@dataclass(frozen=True)
+class Composition:
+    """Graphs run in sequence to get the alpha map: the whole model (one graph) or its browser stages."""
+
+    suffix: str  # "" for the whole graph, ":stages" for the browser stages (manifest step names)
+    graphs: tuple[str, ...]  # graph names, in run order; "" is the whole model
+
+
+WHOLE = ""
+
+
+def resolve_variants(config: ModelConfig, requested: Sequence[str] | None) -> list[str]:
+    variants = list(requested or config.default_variants)
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(ALL_VARIANTS)}")
+    if BASE_VARIANT not in variants:
+        variants.insert(0, BASE_VARIANT)  # every other variant is derived from it
+    return variants
+
+
+class Build:
+    """What the steps share: the model, its build folder, the photos, and the path of every graph."""
+
+    def __init__(self, opts: ExportOptions):
+        self.config = config = opts.config
+        self.opts, self.log = opts, opts.log
+        self.variants = resolve_variants(config, opts.variants)
+        self.pre: Preprocessing = (replace(config.preprocessing, input_size=tuple(opts.input_size))
+                                   if opts.input_size else config.preprocessing)
+        self.dir = Path(opts.out_dir) / config.name
+        self.images = list(opts.parity_images or sample_photos())
+        self.calibration_images = list(opts.calibration_images or self.images)
+        self.reference = self.dir / "reference.safetensors"
+        self.reference_outputs = self.dir / "reference_outputs.npz"
+        stages = tuple(config.browser_stages) if opts.browser_stages is not False else ()
+        if opts.browser_stages and not stages:
+            raise ValueError(f"{config.name} has no browser stages in the registry")
+        self.stages = stages
+        self.compositions = [Composition("", (WHOLE,))] + ([Composition(":stages", stages)] if stages else [])
+        self.stage_io: list[dict] = []  # the browser stages' inputs/outputs, from the export_stages step
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        return (WHOLE, *self.stages)
+
+    def path(self, variant: str, graph: str = WHOLE) -> Path:
+        return self.dir / ".".join(filter(None, (self.config.name, variant, graph, "onnx")))
+
+    def inputs(self) -> list[np.ndarray]:
+        return [preprocess(load_rgb(p), self.pre) for p in self.images]
+
+    def reference_model(self) -> torch.nn.Module:
+        return load_into(build_model(self.config), load_file(str(self.reference)), str(self.reference))
+
+    def photo_hashes(self, photos: Sequence[Path]) -> dict[str, str]:
+        return {p.name: sha256_file(p) for p in photos}
+
+    def calibration(self, graph: str) -> Calibration:
+        """int8 calibration of ``graph``: the photo preprocessed, run through the fp32 graphs before it."""
+        index = self.graphs.index(graph)
+        earlier = list(self.stages[:index - 1]) if graph != WHOLE else []
+        state: dict = {}
+
+        def load(path: Path) -> dict[str, np.ndarray]:
+            if "sessions" not in state:  # on the first photo: the stage list exists once the stages are exported
+                state["sessions"] = [cpu_session(self.path(BASE_VARIANT, s)) for s in earlier]
+                state["wanted"] = self.stage_io[index - 1]["inputs"] if graph != WHOLE else [INPUT_NAME]
+            values = {INPUT_NAME: preprocess(load_rgb(path), self.pre)}
+            for session in state["sessions"]:
+                run_stage(session, values)
+            return {n: values[n] for n in state["wanted"]}
+
+        return Calibration(self.calibration_images, load, self.photo_hashes(self.calibration_images))
+
+
+# ---------------------------------------------------------------- the steps
+
+def import_step(build: Build, weights: Path, weight_format: str | None) -> Step:
+    """Import the weights into our torch model; for graph sources, prove the import reproduces the source."""
+    def run() -> dict:
+        model = load_model(build.config, weights, weight_format)
+        result = {}
+        if weights.suffix == ".onnx":
+            check = result["import_check"] = check_import(build.config, model, weights, build.images,
+                                                          build.config.preprocessing, build.dir)
+            for label, numbers in check.items():
+                build.log(f"  import check {label}: max abs {numbers['max_abs']:.2e}, IoU mean "
+                          f"{numbers['iou_mean']:.6f} worst {numbers['iou_worst']:.6f}")
+        _save_state(model, build.reference)
+        return result
+
+    return Step("import", {"weights": weights}, {"model": build.config.name, **_image_params(build)},
+                {"reference": build.reference}, run)
+
+
+def reference_outputs_step(build: Build) -> Step:
+    """The torch fp32 reference's alpha on every parity photo: what every variant is gated against."""
+    def run() -> None:
+        model = build.reference_model()
+        arrays = {p.name: reference_alpha(model, build.config, x) for p, x in zip(build.images, build.inputs())}
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        atomic_write_bytes(build.reference_outputs, buffer.getvalue())
+
+    return Step("reference_outputs", {"reference": build.reference},
+                {"preprocessing": build.pre.to_dict(), "output": build.config.output.to_dict(), **_image_params(build)},
+                {"reference_outputs": build.reference_outputs}, run)
+
+
+def export_steps(build: Build) -> list[Step]:
+    """torch → the fp32 whole graph, and the browser stages (exported together: each stage's example inputs
+    are the earlier stages' outputs). Each step also records the WebGPU checks of what it wrote."""
+    size = list(build.pre.input_size)
+
+    def whole() -> dict:
+        path = build.path(BASE_VARIANT)
+        export_onnx(build.reference_model(), build.config, path, build.pre.input_size)
+        return {"webgpu_problems": webgpu_problems(path)}
+
+    def stages() -> dict:
+        paths = {s: build.path(BASE_VARIANT, s) for s in build.stages}
+        described = export_stages(build.reference_model(), build.config, paths, build.pre.input_size)
+        return {"stages": described, "webgpu_problems": [f"{s}: {p}" for s in build.stages
+                                                         for p in webgpu_problems(paths[s])]}
+
+    steps = [Step("export", {"reference": build.reference}, {"input_size": size, "checks": ["webgpu"]},
+                  {BASE_VARIANT: build.path(BASE_VARIANT)}, whole)]
+    if build.stages:
+        steps.append(Step("export_stages", {"reference": build.reference},
+                          {"input_size": size, "stages": list(build.stages), "checks": ["webgpu"]},
+                          {f"{BASE_VARIANT}.{s}": build.path(BASE_VARIANT, s) for s in build.stages}, stages))
+    return steps
+
+
+def variant_step(build: Build, variant: str, graph: str) -> Step:
+    """A recipe applied to one fp32 graph."""
+    recipe = get_recipe(variant)
+    source, target = build.path(BASE_VARIANT, graph), build.path(variant, graph)
+    calibration = build.calibration(graph)
+    return Step(":".join(filter(None, ("variant", variant, graph))), {"fp32": source},
+                recipe.params(build.config, calibration), {variant: target},
+                lambda: recipe.make(source, target, build.config, calibration))
+
+
+def parity_step(build: Build, variant: str, composition: Composition) -> Step:
+    """The variant's graphs, run in sequence on the parity photos, against the torch reference; the whole
+    graph's session also times CPU latency (a second session would double a large model's memory)."""
+    paths = [build.path(variant, g) for g in composition.graphs]
+    timed = composition.graphs == (WHOLE,)
+
+    def run() -> dict:
+        references = np.load(build.reference_outputs)
+        names = [p.name for p in build.images]
+        values = [{INPUT_NAME: x} for x in build.inputs()]
+        outputs: list[np.ndarray] = []
+        latency = None
+        for path in paths:  # one session at a time, as the browser runs stages
+            session = cpu_session(path)
+            outputs = [run_stage(session, v)[0] for v in values]
+            if timed:
+                latency = cpu_latency_ms(path, values[0][INPUT_NAME], runs=build.opts.latency_runs, session=session)
+            del session
+        numbers = compare(outputs, [references[n] for n in names], names)
+        return {**numbers, "latency": latency} if timed else numbers
+
+    inputs = {"variant": paths[0]} if timed else dict(zip(composition.graphs, paths))
+    return Step(f"parity:{variant}{composition.suffix}", {**inputs, "reference_outputs": build.reference_outputs},
+                {"runs": build.opts.latency_runs} if timed else {}, {}, run)
+
+
+def plan(build: Build, weights: Path, weight_format: str | None) -> list[Step]:
+    """Every step of the export, in order. Variant and parity steps of every graph come from the same loop."""
+    steps = [import_step(build, weights, weight_format), reference_outputs_step(build), *export_steps(build)]
+    steps += [variant_step(build, v, g) for v in build.variants if v != BASE_VARIANT for g in build.graphs]
+    steps += [parity_step(build, v, c) for v in build.variants for c in build.compositions]
+    return steps
+
+
+# ---------------------------------------------------------------- running the plan
+
+def run_export(opts: ExportOptions) -> dict:
+    build = Build(opts)
+    build.dir.mkdir(parents=True, exist_ok=True)
+    manifest = BuildManifest(build.dir / "manifest.json")
+    config = build.config
+    build.log(f"{config.name}: licence {config.licence} — {config.licence_note}")
+    weights, weight_format, source_record = _weights(build)
+
+    results: dict[str, dict] = {}
+    for step in plan(build, weights, weight_format):
+        record = manifest.stage(step.name, step.inputs, step.params, step.outputs, step.run, build.log)
+        results[step.name] = record["result"]
+        if step.name == "export_stages":
+            build.stage_io = record["result"]["stages"]
+
+    parity, failures = gate(build, results)
+    atomic_write_bytes(build.dir / "parity.json", (json.dumps(parity, indent=2) + "\n").encode())
+    manifest.data.update({
+        "model": model_info(config),
+        "source": source_record,
+        "preprocessing": build.pre.to_dict(),
+        "output": output_info(config),
+        "variants": {v: describe_variant(build, v, parity[v], manifest.data.get("variants", {}).get(v, {}))
+                     for v in build.variants},
+        "parity_images": [p.name for p in build.images],
+        "tools": tool_versions(),
+        "gate": {"passed": not failures, "failures": failures},
+    })
+    manifest.save()
+    build.log(format_table(manifest.data))
+    if failures:
+        raise ParityGateError("parity gate failed:\n  " + "\n  ".join(failures))
+    return manifest.data
+
+
+def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
+    """Every variant's parity numbers with its registry thresholds and verdict (the browser stages' under
+    ``stages``), and all failures: parity below the thresholds, and graphs WebGPU would reject."""
+    failures = [f"{name}: WebGPU: {problem}" for name in ("export", "export_stages")
+                for problem in results.get(name, {}).get("webgpu_problems", [])]
+    parity: dict[str, dict] = {}
+    for variant in build.variants:
+        limits = build.config.thresholds.get(variant)
+        for composition in build.compositions:
+            numbers = dict(results[f"parity:{variant}{composition.suffix}"])
+            found = gate_failures(variant, numbers, limits) if limits else []
+            if composition.suffix:
+                numbers["failures"] = [f"{f} (browser stages)" for f in found]
+            else:
+                numbers["thresholds"] = {k: v for k, v in (limits.__dict__ if limits else {}).items() if v is not None}
+                numbers["failures"] = found
+            numbers["passed"] = not numbers["failures"]
+            failures += numbers["failures"]
+            if composition.suffix:
+                parity[variant]["stages"] = numbers
+            else:
+                parity[variant] = numbers
+    return parity, failures
+
+
+def model_info(config: ModelConfig) -> dict:
+    """The manifests' ``model`` object (common.manifest_schema.ModelInfo)."""
+    return {"name": config.name, "architecture": config.architecture, "description": config.description,
+            "licence": config.licence, "licence_note": config.licence_note}
+
+
+def output_info(config: ModelConfig) -> dict:
+    """The manifests' ``output`` object (common.manifest_schema.Output): what the graph returns, by name."""
+    return {**config.output.to_dict(), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME}
+
+
+def describe_variant(build: Build, variant: str, parity: dict, previous: dict) -> dict:
+    """The build manifest's entry of one variant: file, sizes, parity, CPU latency and its browser stages."""
+    path = build.path(variant)
+    info = describe_file(path)
+    # gzip -9 of a 176 MB file takes seconds: reuse the figure while the file is unchanged
+    same = previous.get("sha256") == info["sha256"] and "gzip_bytes" in previous
+    info["gzip_bytes"] = previous["gzip_bytes"] if same else gzip_size(path)
+    info["parity"] = {k: parity[k] for k in PARITY_FIELDS}
+    info["cpu_latency_ms"] = parity["latency"]["median_ms"]
+    if build.stages:
+        info["stages"] = [{**describe_file(build.path(variant, s["name"])), "name": s["name"],
+                           "inputs": s["inputs"], "outputs": s["outputs"]} for s in build.stage_io]
+        info["stages_parity"] = {k: parity["stages"][k] for k in PARITY_FIELDS}
+    return info
+
+
+def _weights(build: Build) -> tuple[Path, str | None, dict]:
+    """The weights file to import, its format (None: guess from the file) and its provenance record."""
+    if build.opts.weights:
+        weights = Path(build.opts.weights)
+        if not weights.exists():
+            raise FileNotFoundError(f"weights file {weights} does not exist")
+        return weights, None, {"file": str(weights), "sha256": sha256_file(weights), "origin": "user-supplied"}
+    source = build.config.sources[0]
+    weights = pull(build.config)
+    return weights, source.format, {"file": weights.name, "sha256": sha256_file(weights), "url": source.url,
+                                    "container_sha256": source.sha256, "member": source.member,
+                                    "format": source.format}
+
+
+def _image_params(build: Build) -> dict:
+    return {"parity_images": build.photo_hashes(build.images)}
 
 
 def _save_state(model: torch.nn.Module, path: Path) -> None:
@@ -78,7 +369,7 @@ def check_import(config: ModelConfig, model: torch.nn.Module, source_onnx: Path,
     in fp16) with the same max-abs bound on the mean IoU."""
     from models.checkpoint import upcast_graph_to_fp32
 
-    inputs, names = _inputs(images, pre), [p.name for p in images]
+    inputs, names = [preprocess(load_rgb(p), pre) for p in images], [p.name for p in images]
     ours = [reference_alpha(model, config, x) for x in inputs]
     twin = upcast_graph_to_fp32(source_onnx, work_dir / "source_fp32_twin.onnx")
     try:
@@ -95,215 +386,6 @@ def check_import(config: ModelConfig, model: torch.nn.Module, source_onnx: Path,
         raise ParityGateError(f"imported {config.name} does not reproduce {source_onnx.name} (limits: max abs "
                               f"{IMPORT_MAX_ABS}, IoU {IMPORT_MIN_IOU}): " + "; ".join(failures))
     return {"vs_fp32_twin": strict, "vs_shipped_graph": shipped}
-
-
-def make_variant(variant: str, fp32: Path, target: Path, calibration: Sequence[Path], pre: Preprocessing,
-                 config: ModelConfig, load: Callable[[Path], np.ndarray | dict] | None = None) -> None:
-    """``load`` (int8 only): a calibration image → the graph's inputs (default: the preprocessed image)."""
-    if variant == "fp16":
-        from quantize.fp16 import to_fp16
-        to_fp16(fp32, target, config.fp16_keep_fp32)
-    elif variant == "int8w":
-        from quantize.weight_only import to_int8_weights
-        to_int8_weights(fp32, target, config.int8w_keep_fp16)
-    elif variant == "int8":
-        from quantize.static_int8 import to_int8_static
-        to_int8_static(fp32, target, calibration, load or (lambda p: preprocess(load_rgb(p), pre)), INPUT_NAME)
-    elif variant == "quint8":
-        from quantize.static_int8 import to_quint8_dynamic
-        to_quint8_dynamic(fp32, target)
-    else:
-        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(ALL_VARIANTS)}")
-
-
-def run_export(opts: ExportOptions) -> dict:
-    config = get_model_config(opts.model)
-    variants = list(opts.variants or config.default_variants)
-    unknown = [v for v in variants if v not in ALL_VARIANTS]
-    if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(ALL_VARIANTS)}")
-    if "fp32" not in variants:
-        variants.insert(0, "fp32")  # every other variant is derived from it
-    pre = _preprocessing(config, opts.input_size)
-    build = Path(opts.out_dir) / config.name
-    build.mkdir(parents=True, exist_ok=True)
-    manifest = BuildManifest(build / "manifest.json")
-    log = opts.log
-    log(f"{config.name}: licence {config.licence} — {config.licence_note}")
-
-    images = list(opts.parity_images or sample_photos())
-    calibration = list(opts.calibration_images or images)
-    image_params = {"parity_images": {p.name: sha256_file(p) for p in images}}
-
-    # 1. weights
-    source = config.sources[0]
-    if opts.weights:
-        weights, weight_format = Path(opts.weights), None
-        if not weights.exists():
-            raise FileNotFoundError(f"weights file {weights} does not exist")
-        source_record = {"file": str(weights), "sha256": sha256_file(weights), "origin": "user-supplied"}
-    else:
-        weights, weight_format = pull(config), source.format
-        source_record = {"file": weights.name, "sha256": sha256_file(weights), "url": source.url,
-                         "container_sha256": source.sha256, "member": source.member, "format": source.format}
-
-    # 2. import into our torch model; for graph sources, prove the import reproduces the source
-    reference = build / "reference.safetensors"
-
-    def do_import():
-        model = load_model(config, weights, weight_format)
-        result = {}
-        if weights.suffix == ".onnx":
-            check = result["import_check"] = check_import(config, model, weights, images, config.preprocessing, build)
-            for label, numbers in check.items():
-                log(f"  import check {label}: max abs {numbers['max_abs']:.2e}, IoU mean {numbers['iou_mean']:.6f}"
-                    f" worst {numbers['iou_worst']:.6f}")
-        _save_state(model, reference)
-        return result
-
-    manifest.stage("import", {"weights": weights}, {"model": config.name, **image_params}, {"reference": reference},
-                   do_import, log)
-
-    def reference_model() -> torch.nn.Module:
-        return load_into(build_model(config), load_file(str(reference)), str(reference))
-
-    # 3. torch fp32 reference outputs on the parity photos
-    ref_outputs = build / "reference_outputs.npz"
-
-    def do_reference():
-        model = reference_model()
-        arrays = {p.name: reference_alpha(model, config, x) for p, x in zip(images, _inputs(images, pre))}
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, **arrays)
-        atomic_write_bytes(ref_outputs, buffer.getvalue())
-
-    manifest.stage("reference_outputs", {"reference": reference},
-                   {"preprocessing": pre.to_dict(), "output": config.output.to_dict(), **image_params},
-                   {"reference_outputs": ref_outputs}, do_reference, log)
-
-    # 4. export fp32
-    files = {v: build / f"{config.name}.{v}.onnx" for v in variants}
-    manifest.stage("export", {"reference": reference}, {"input_size": list(pre.input_size)}, {"fp32": files["fp32"]},
-                   lambda: export_onnx(reference_model(), config, files["fp32"], pre.input_size) and None, log)
-
-    # 4b. browser stages: the same weights cut into graphs run in sequence (see ModelConfig.browser_stages)
-    stage_names = list(config.browser_stages) if opts.browser_stages is not False else []
-    if opts.browser_stages and not stage_names:
-        raise ValueError(f"{config.name} has no browser stages in the registry")
-    stage_files = {v: {s: build / f"{config.name}.{v}.{s}.onnx" for s in stage_names} for v in variants}
-    stage_list: list[dict] = []
-    if stage_names:
-        record = manifest.stage("export_stages", {"reference": reference},
-                                {"input_size": list(pre.input_size), "stages": stage_names},
-                                {f"fp32.{s}": p for s, p in stage_files["fp32"].items()},
-                                lambda: {"stages": export_stages(reference_model(), config, stage_files["fp32"],
-                                                                 pre.input_size)}, log)
-        stage_list = record["result"]["stages"]
-
-    def stage_calibration(index: int) -> Callable[[Path], dict]:
-        """int8 calibration inputs of stage ``index``: the fp32 stages before it run on the photo."""
-        earlier = [cpu_session(stage_files["fp32"][s]) for s in stage_names[:index]]
-        wanted = stage_list[index]["inputs"]
-
-        def load(path: Path) -> dict:
-            values = {INPUT_NAME: preprocess(load_rgb(path), pre)}
-            for session in earlier:
-                run_stage(session, values)
-            return {n: values[n] for n in wanted}
-        return load
-
-    # 5. variants
-    for variant in variants:
-        if variant == "fp32":
-            continue
-        params = {"calibration": {p.name: sha256_file(p) for p in calibration}} if variant == "int8" else {}
-        if variant == "int8w":
-            params["keep_fp16"] = list(config.int8w_keep_fp16)
-        if variant == "fp16" and config.fp16_keep_fp32:
-            params["keep_fp32_ops"] = list(config.fp16_keep_fp32)
-        manifest.stage(f"variant:{variant}", {"fp32": files["fp32"]}, params, {variant: files[variant]},
-                       lambda v=variant: make_variant(v, files["fp32"], files[v], calibration, pre, config), log)
-        for index, stage in enumerate(stage_names):
-            source, target = stage_files["fp32"][stage], stage_files[variant][stage]
-            manifest.stage(f"variant:{variant}:{stage}", {"fp32": source}, params, {variant: target},
-                           lambda v=variant, a=source, b=target, i=index: make_variant(
-                               v, a, b, calibration, pre, config, stage_calibration(i) if v == "int8" else None), log)
-
-    # 6. parity + latency of each variant against the torch reference
-    refs = np.load(ref_outputs)
-    inputs = _inputs(images, pre)
-    parity: dict[str, dict] = {}
-    failures: list[str] = []
-    for variant in variants:
-        def do_parity(v=variant):
-            session = cpu_session(files[v])
-            outs = [session.run(None, {INPUT_NAME: x})[0] for x in inputs]
-            numbers = compare(outs, [refs[p.name] for p in images], [p.name for p in images])
-            # the same session: a second one would double the memory of a large model (RMBG-2.0: 7 GB each)
-            numbers["latency"] = cpu_latency_ms(files[v], inputs[0], runs=opts.latency_runs, session=session)
-            return numbers
-
-        record = manifest.stage(f"parity:{variant}", {"variant": files[variant], "reference_outputs": ref_outputs},
-                                {"runs": opts.latency_runs}, {}, do_parity, log)
-        numbers = record["result"]
-        limits = config.thresholds.get(variant)
-        numbers["thresholds"] = {k: v for k, v in (limits.__dict__ if limits else {}).items() if v is not None}
-        numbers["failures"] = gate_failures(variant, numbers, limits) if limits else []
-        numbers["passed"] = not numbers["failures"]
-        failures += numbers["failures"]
-        parity[variant] = numbers
-        if stage_names:
-            paths = [stage_files[variant][s] for s in stage_names]
-
-            def do_stage_parity(paths=paths):
-                outs = run_stages(paths, inputs)  # each stage opened once, released before the next
-                return compare(outs, [refs[p.name] for p in images], [p.name for p in images])
-
-            record = manifest.stage(f"parity:{variant}:stages", {**{s: p for s, p in zip(stage_names, paths)},
-                                                                 "reference_outputs": ref_outputs},
-                                    {}, {}, do_stage_parity, log)
-            staged = dict(record["result"])
-            staged["failures"] = [f"{f} (browser stages)" for f in
-                                  (gate_failures(variant, staged, limits) if limits else [])]
-            staged["passed"] = not staged["failures"]
-            failures += staged["failures"]
-            numbers["stages"] = staged
-
-    atomic_write_bytes(build / "parity.json", (json.dumps(parity, indent=2) + "\n").encode())
-    summary_variants = {}
-    previous = manifest.data.get("variants", {})
-    for variant in variants:
-        info = describe_file(files[variant])
-        known = previous.get(variant, {})
-        # gzip -9 of a 176 MB file takes seconds: reuse the figure while the file is unchanged
-        same = known.get("sha256") == info["sha256"] and "gzip_bytes" in known
-        info["gzip_bytes"] = known["gzip_bytes"] if same else gzip_size(files[variant])
-        p = parity[variant]
-        info["parity"] = {k: p[k] for k in ("max_abs", "mean_abs", "iou_mean", "iou_worst", "worst_image", "passed")}
-        info["cpu_latency_ms"] = p["latency"]["median_ms"]
-        if stage_names:
-            sp = p["stages"]
-            info["stages"] = [{**describe_file(stage_files[variant][s["name"]]), "name": s["name"],
-                               "inputs": s["inputs"], "outputs": s["outputs"]} for s in stage_list]
-            info["stages_parity"] = {k: sp[k] for k in ("max_abs", "mean_abs", "iou_mean", "iou_worst",
-                                                         "worst_image", "passed")}
-        summary_variants[variant] = info
-    manifest.data.update({
-        "model": {"name": config.name, "architecture": config.architecture, "description": config.description,
-                  "licence": config.licence, "licence_note": config.licence_note},
-        "source": source_record,
-        "preprocessing": pre.to_dict(),
-        "output": {**config.output.to_dict(), "input_name": INPUT_NAME, "output_name": "alpha"},
-        "variants": summary_variants,
-        "parity_images": [p.name for p in images],
-        "tools": tool_versions(),
-        "gate": {"passed": not failures, "failures": failures},
-    })
-    manifest.save()
-    log(format_table(manifest.data))
-    if failures:
-        raise ParityGateError("parity gate failed:\n  " + "\n  ".join(failures))
-    return manifest.data
 
 
 def format_table(data: dict) -> str:

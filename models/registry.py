@@ -40,6 +40,11 @@ class Preprocessing:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        """The inverse of ``to_dict``: a manifest's (or ONNX metadata's) ``preprocessing`` object."""
+        return cls(**{**d, "input_size": tuple(d["input_size"]), "mean": tuple(d["mean"]), "std": tuple(d["std"])})
+
 
 @dataclass(frozen=True)
 class OutputSpec:
@@ -92,8 +97,7 @@ DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
     "quint8": ParityThresholds(),
 }
 
-SHIPPED_VARIANTS = ("fp32", "fp16", "int8w", "int8")
-ALL_VARIANTS = SHIPPED_VARIANTS + ("quint8",)
+SHIPPED_VARIANTS = ("fp32", "fp16", "int8w", "int8")  # every variant name: quantize.recipes.ALL_VARIANTS
 
 
 @dataclass(frozen=True)

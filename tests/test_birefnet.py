@@ -244,7 +244,7 @@ def tiny_export(tmp_path_factory, birefnet_tiny):
     config, weights = birefnet_tiny
     out = tmp_path_factory.mktemp("birefnet_build")
     photos = [p for p in sample_photos() if p.name in ("astronaut.png", "chelsea.png")]
-    data = run_export(ExportOptions(model=config.name, variants=VARIANTS, weights=weights,
+    data = run_export(ExportOptions(config=config, variants=VARIANTS, weights=weights,
                                     input_size=(TINY_SIZE, TINY_SIZE), out_dir=out, parity_images=photos,
                                     latency_runs=1, log=lambda _: None))
     return out / config.name, data
@@ -324,7 +324,7 @@ def test_tiny_browser_stages_compose_to_the_whole_graph(tiny_export):
 def test_single_graph_export_has_no_stages(tmp_path, birefnet_tiny):
     config, weights = birefnet_tiny
     photos = [p for p in sample_photos() if p.name == "astronaut.png"]
-    data = run_export(ExportOptions(model=config.name, variants=["fp32"], weights=weights, browser_stages=False,
+    data = run_export(ExportOptions(config=config, variants=["fp32"], weights=weights, browser_stages=False,
                                     input_size=(TINY_SIZE, TINY_SIZE), out_dir=tmp_path, parity_images=photos,
                                     latency_runs=1, log=lambda _: None))
     assert "stages" not in data["variants"]["fp32"] and "export_stages" not in data["stages"]

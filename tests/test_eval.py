@@ -6,17 +6,23 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from eval import cache as result_cache
 from eval import run
+from eval.cpu_probe import CpuProbeError, measure
 from eval.dataset import DatasetError, load_sample, scan
 from eval.images import ImageError
 from eval.metrics import boundary_scores, image_metrics, summarize
+from eval.parity import compare, image_parity, summarize_parity
 from eval.refine import load_params, refine
+from eval.rows import Bench, ModelRow, RefinedRow
 from export.pipeline import ExportOptions, run_export
+from models.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, get_model_config
 
 SIZE = 64
 
@@ -134,12 +140,121 @@ def test_empty_or_wrong_folders_are_refused(tmp_path):
         scan(tmp_path)
 
 
+# ---------------------------------------------------------------- parity, cache, rows, CPU probe
+
+def test_compare_sums_up_with_summarize_parity():
+    reference = [square(), square(top=0)]
+    outputs = [square(), np.roll(square(top=0), 3, axis=1) * 0.9]
+    per_image = [image_parity(n, o, r) for n, o, r in zip("ab", outputs, reference)]
+    assert per_image[0] == {"image": "a", "max_abs": 0.0, "mean_abs": 0.0, "iou": 1.0}
+    assert per_image[1]["max_abs"] == pytest.approx(1.0) and per_image[1]["iou"] == pytest.approx(17 / 23)
+    summary = summarize_parity(per_image)
+    assert summary["worst_image"] == "b" and summary["iou_worst"] == per_image[1]["iou"]
+    assert compare(outputs, reference, ["a", "b"]) == {**summary, "images": per_image}
+
+
+def test_cache_treats_unreadable_records_as_missing(tmp_path):
+    cache = result_cache.ResultCache(tmp_path / "cache")
+    measured = []
+
+    def measure_size():
+        measured.append(1)
+        return {"bytes": 123}
+
+    assert cache.get_or_measure(result_cache.SIZE, "k", measure_size) == {"bytes": 123}
+    assert cache.get_or_measure(result_cache.SIZE, "k", measure_size) == {"bytes": 123} and len(measured) == 1
+    path = cache.record_path(result_cache.SIZE, "k")
+    assert path.name == "size-k.json"
+    for damaged in (b'{"bytes": 1', b"\xff\xfe", b"[1, 2]", b""):  # truncated, not UTF-8, not a record, empty
+        path.write_bytes(damaged)
+        assert cache.get(result_cache.SIZE, "k") is None
+    assert cache.get_or_measure(result_cache.SIZE, "k", measure_size) == {"bytes": 123} and len(measured) == 2
+    assert json.loads(path.read_text()) == {"bytes": 123}
+    assert [p.name for p in path.parent.iterdir()] == ["size-k.json"]  # no temporary files left behind
+
+
+def test_cache_image_records_come_with_their_alpha(tmp_path):
+    cache = result_cache.ResultCache(tmp_path)
+    alpha = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    cache.put(result_cache.IMAGE, "k", {"image": "a"}, alpha)
+    assert cache.get(result_cache.IMAGE, "k") == {"image": "a"}
+    assert np.array_equal(np.asarray(Image.open(cache.alpha_path("k"))), np.rint(alpha * 255).astype(np.uint8))
+    cache.alpha_path("k").unlink()
+    assert cache.get(result_cache.IMAGE, "k") is None  # a record without its PNG is not a result
+    with pytest.raises(ValueError, match="image records only"):
+        cache.put(result_cache.CPU, "k", {}, alpha)
+    with pytest.raises(ValueError, match="image records only"):
+        cache.put(result_cache.IMAGE, "k", {})
+
+
+class ConstantRow(ModelRow):
+    """A row kind of its own: a 'model' that answers every input with one alpha value, counting its runs."""
+    kind = "constant"
+
+    def __init__(self, name, value, reference=None):
+        super().__init__(name, f"{name}-{value}", None, reference)
+        self.value, self.runs = value, 0
+
+    def run(self, x):
+        self.runs += 1
+        return np.full((1, 1) + x.shape[2:], self.value, np.float32)
+
+    def size(self, bench):
+        return {"bytes": 1, "gzip_bytes": None, "brotli_bytes": None}
+
+    def latency(self, bench, seconds):
+        return {"median_ms": 1000 * max(seconds)}
+
+
+def test_a_new_row_kind_is_one_class(tmp_path):
+    root = tmp_path / "data"
+    for i in range(2):
+        write_pair(root, f"p{i}", seed=i)
+    samples, _ = scan(root)
+    pre = Preprocessing(input_size=(16, 16), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    reference = ConstantRow("ref", 0.25)
+    rows = [reference, ConstantRow("high", 0.75, reference), RefinedRow(reference)]
+    out = tmp_path / "eval"
+    cache = result_cache.ResultCache(out / "cache")
+
+    def evaluate_photos():
+        return run.evaluate_photos(rows, reference, samples, pre, cache, True, [], False, print, "test")
+
+    results, first = evaluate_photos()
+    assert first.name == "p0" and reference.runs == 2  # once per photo: the refined row and parity reuse it
+    report = run.row_report(rows[1], results["high"], Bench(cache, print, 1, 9, first), out, True)
+    assert report["kind"] == "constant" and report["file"] is None and report["size"]["bytes"] == 1
+    assert report["parity"] == {"max_abs": 0.5, "mean_abs": 0.5, "iou_mean": 0.0, "iou_worst": 0.0,
+                                "worst_image": "p0"}
+    assert report["quality"]["images"] == 2 and report["latency"]["median_ms"] >= 0
+    assert [i["image"] for i in report["images"]] == ["p0", "p1"]
+    assert all((out / i["alpha_png"]).is_file() for i in report["images"])
+    refined = rows[2].parity_summary([dict(image=r["image"], **r["parity"]) for _, r in results["ref+refine"]])
+    assert refined["against"] == "ref+refine" and refined["max_abs"] == 0.0
+    again, _ = evaluate_photos()  # all from the cache: no model runs
+    assert again == results and reference.runs == 2 and rows[1].runs == 2
+
+
+def test_cpu_probe_is_a_torch_free_module(tiny_build, tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import sys, eval.cpu_probe; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    x = np.zeros((1, 3, SIZE, SIZE), np.float32)
+    result = measure(tiny_build / "u2netp" / "u2netp.fp16.onnx", x, runs=2, threads=1)
+    assert result["runs"] == 2 and result["threads"] == 1 and result["median_ms"] > 0
+    assert result["peak_rss_mb"] > 0
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(CpuProbeError, match="broken.onnx: the latency probe failed"):
+        measure(broken, x, runs=1, threads=1)
+
+
 # ---------------------------------------------------------------- the whole eval
 
 @pytest.fixture(scope="module")
 def tiny_build(tmp_path_factory, tiny_u2netp_weights):
     out = tmp_path_factory.mktemp("build")
-    run_export(ExportOptions(model="u2netp", variants=["fp32", "fp16"], weights=tiny_u2netp_weights,
+    run_export(ExportOptions(config=get_model_config("u2netp"), variants=["fp32", "fp16"], weights=tiny_u2netp_weights,
                              input_size=(SIZE, SIZE), out_dir=out, latency_runs=1, log=lambda *_: None))
     return out
 

@@ -13,7 +13,8 @@ from eval.parity import ParityGateError
 from common.onnx_graph import get_metadata
 from export.pipeline import ExportOptions, run_export
 from common.sessions import cpu_session
-from models.registry import ALL_VARIANTS, REGISTRY, ParityThresholds, get_model_config
+from models.registry import ParityThresholds, get_model_config
+from quantize.recipes import ALL_VARIANTS
 
 SIZE = 64
 
@@ -22,18 +23,15 @@ SIZE = 64
 def loose_u2netp():
     """U^2-NetP with gate thresholds a random-init model can meet: its near-constant output sits close to
     0.5 after min-max normalisation, so IoU@0.5 says little; the gate's mechanics are what is tested."""
-    original = REGISTRY["u2netp"]
     loose = {v: ParityThresholds(max_abs=1e-4) if v == "fp32" else ParityThresholds(iou_mean=0.0) for v in ALL_VARIANTS}
-    REGISTRY["u2netp"] = dataclasses.replace(original, thresholds=loose)
-    yield REGISTRY["u2netp"]
-    REGISTRY["u2netp"] = original
+    return dataclasses.replace(get_model_config("u2netp"), thresholds=loose)
 
 
 @pytest.fixture(scope="module")
 def tiny_build(tmp_path_factory, tiny_u2netp_weights, loose_u2netp):
     out = tmp_path_factory.mktemp("build")
     logs: list[str] = []
-    options = ExportOptions(model="u2netp", variants=list(ALL_VARIANTS), weights=tiny_u2netp_weights,
+    options = ExportOptions(config=loose_u2netp, variants=list(ALL_VARIANTS), weights=tiny_u2netp_weights,
                             input_size=(SIZE, SIZE), out_dir=out, latency_runs=1, log=logs.append)
     data = run_export(options)
     return out / "u2netp", data, options, logs
@@ -111,19 +109,15 @@ def test_rerun_skips_and_export_is_deterministic(tiny_build, tmp_path):
 def test_gate_failure_names_variant_and_numbers(tiny_u2netp_weights, tmp_path, loose_u2netp):
     strict = dataclasses.replace(loose_u2netp, thresholds={**loose_u2netp.thresholds,
                                                            "int8w": ParityThresholds(iou_mean=1.01)})
-    REGISTRY["u2netp"] = strict
-    try:
-        with pytest.raises(ParityGateError, match=r"int8w: iou_mean = [0-9.]+ < 1.01"):
-            run_export(ExportOptions(model="u2netp", variants=["fp32", "int8w"], weights=tiny_u2netp_weights,
-                                     input_size=(SIZE, SIZE), out_dir=tmp_path, latency_runs=1, log=lambda _: None))
-    finally:
-        REGISTRY["u2netp"] = loose_u2netp
+    with pytest.raises(ParityGateError, match=r"int8w: iou_mean = [0-9.]+ < 1.01"):
+        run_export(ExportOptions(config=strict, variants=["fp32", "int8w"], weights=tiny_u2netp_weights,
+                                 input_size=(SIZE, SIZE), out_dir=tmp_path, latency_runs=1, log=lambda _: None))
     manifest = json.loads((tmp_path / "u2netp" / "manifest.json").read_text())
     assert manifest["gate"]["passed"] is False and "int8w" in manifest["gate"]["failures"][0]
 
 
 def test_unknown_variant_and_model_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown variant"):
-        run_export(ExportOptions(model="u2netp", variants=["int4"], out_dir=tmp_path))
+        run_export(ExportOptions(config=get_model_config("u2netp"), variants=["int4"], out_dir=tmp_path))
     with pytest.raises(KeyError, match="known models"):
-        run_export(ExportOptions(model="nope", out_dir=tmp_path))
+        get_model_config("nope")

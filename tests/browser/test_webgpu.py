@@ -8,15 +8,15 @@ import pytest
 
 from eval.images import load_rgb, sample_photos
 
-from .conftest import CHROMIUM, Harness, python_alpha
+from web_runtime.chromium import WEBGPU_ARGS, launch
 
-WEBGPU_ARGS = ["--no-sandbox", "--enable-unsafe-webgpu", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--no-first-run", "--disable-quic"]
+from .conftest import Harness, python_alpha
+
 
 
 @pytest.fixture(scope="module")
 def gpu_harness(playwright_instance, server):
-    browser = playwright_instance.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=WEBGPU_ARGS)
+    browser = launch(playwright_instance, WEBGPU_ARGS)
     context = browser.new_context(bypass_csp=True)
     h = Harness(context, context.new_page(), server.url)
     h.open()

@@ -34,14 +34,15 @@ export interface CutterOptions {
    * then as fast as later ones instead of paying onnxruntime's first-run setup. */
   warmup?: boolean;
   onProgress?: (progress: Progress) => void;
-  /** Aborts the model download. */
+  /** Aborts the model download: rejects with the signal's reason if one was given, else code `aborted`. */
   signal?: AbortSignal;
   /** Worker script URL (default: `worker.js` next to this module). */
   workerUrl?: string | URL;
 }
 
 export interface CutOptions {
-  /** `cutout` (transparent background, default), `mask` (grey alpha), `color` (on a solid colour). */
+  /** `cutout` (transparent background, default), `mask` (grey alpha), `color` (on a solid colour). In all
+   * three the alpha is min(input alpha, model mask): what the input already hides stays hidden. */
   output?: Output;
   /** Background colour `#rrggbb` for `color` output and for `jpeg` cutouts (default `#ffffff`). */
   color?: string;
@@ -56,8 +57,8 @@ export interface CutOptions {
    * measurably helps), off for smaller photos. `true`/`false` force it.
    */
   refine?: boolean | 'auto';
+  /** Aborts the cut: rejects with the signal's reason if one was given, else code `aborted`. */
   signal?: AbortSignal;
-  /** Filled with the model inference time of this cut. */
   /** Filled in after the cut: milliseconds per stage inside the worker. */
   timing?: { decodeMs?: number; preprocessMs?: number; inferenceMs?: number; postprocessMs?: number; encodeMs?: number; totalMs?: number;
     /** Staged variants: per graph, its session creation and run time and the WASM heap size after it. */
@@ -86,6 +87,8 @@ export interface Cutter {
   cut(input: CutInput, options?: CutOptions): Promise<Blob>;
   /** Bytes of the worker's wasm memory (onnxruntime heap). */
   memory(): Promise<number>;
+  /** Terminates the worker, freeing the model and its memory at once; pending and later calls reject with
+   * code `state`. Calling it again does nothing. */
   dispose(): void;
 }
 

@@ -1,8 +1,8 @@
 """Browser benchmark (`make bench-web`): per variant, in one headless Chromium run, cold first cut (download from
 the local nginx + session + inference) and warm cut, next to native onnxruntime on the same ONNX bytes and
-to the peer @imgly/background-removal 1.7.0 (small, medium) on the same photo (web_runtime/peer_imgly.py).
+to the peer @imgly/background-removal 1.7.0 (small, medium) on the same photo (bench/peer_imgly.py).
 
-    python -m web_runtime.bench_web --dist dist [--build build/isnet-imgly] [--variants int8,fp32] [--repeats 3]
+    python -m bench.web --dist dist [--build build/isnet-imgly] [--variants int8,fp32] [--repeats 3]
                                          [--peer small,medium | --peer '']
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from web_runtime.chromium import launch
 from web_runtime.serve import NginxServer
 
 # Each row lives in its own page (own browser context: a cold cache) and stays loaded; warm cuts then go
@@ -51,10 +52,6 @@ PEER_CUT_JS = """async () => {
   return { ms: performance.now() - s };
 }"""
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
-
-
 def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> float:
     """The same file in native onnxruntime (CPU), on the same input shape, for the browser/native ratio."""
     import numpy as np
@@ -71,7 +68,7 @@ def node_wasm_ms(onnx_path: Path, size: list[int], threads: int, repeats: int, s
     import subprocess
     if not shutil.which("node"):
         return None
-    script = Path(__file__).with_name("bench_node_wasm.mjs")
+    script = Path(__file__).resolve().parents[1] / "web_runtime" / "bench_node_wasm.mjs"
     done = subprocess.run(["node", str(script), str(Path(onnx_path).resolve()), str(size[0]), str(size[1]), str(threads), str(repeats),
                            json.dumps(session_config)], capture_output=True, text=True, cwd=script.parent)
     if done.returncode != 0:
@@ -107,7 +104,7 @@ def _stage_pages(dist: Path, image: Path, peer: bool) -> str | None:
         return None
     from models.registry import get_model_config
     from models.weights import WeightsError, cache_dir, fetch
-    from web_runtime.peer_imgly import PeerUnavailable, stage_peer
+    from bench.peer_imgly import PeerUnavailable, stage_peer
     try:
         data = fetch(get_model_config("isnet-imgly").sources[0], progress=True)
         import_map = stage_peer(dist / "_peer", cache_dir() / "npm-peer", data)
@@ -120,7 +117,7 @@ def _stage_pages(dist: Path, image: Path, peer: bool) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="web_runtime.bench_web", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="bench.web", description=__doc__.split("\n")[0])
     parser.add_argument("--dist", default="dist")
     parser.add_argument("--build", default="", help="build folder with the same ONNX files, for native timings")
     parser.add_argument("--variants", default="")
@@ -149,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         peer_problem = _stage_pages(dist, image, bool(peers))
         with NginxServer(dist) as server, sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            browser = launch(p)
             pages = []  # (kind, name, page, result)
             for variant in variants:
                 page = browser.new_context(bypass_csp=True).new_page()

@@ -1,8 +1,8 @@
 """Benchmark the BiRefNet family at full size with random weights: export, variants, CPU inference.
 
-    python -m export.bench_birefnet --config rmbg-2.0 --size 1024 [--variants fp32,fp16,int8w,int8]
+    python -m bench.birefnet --config rmbg-2.0 --size 1024 [--variants fp32,fp16,int8w,int8]
 
-    python -m export.bench_birefnet --config rmbg-2.0 --size 1024 --browser [--variants fp16,fp32] [--reuse]
+    python -m bench.birefnet --config rmbg-2.0 --size 1024 --browser [--variants fp16,fp32] [--reuse]
 
 Not a test: it takes minutes and GBs. Each step runs in its own process so that its peak RSS is its own.
 Prints, per step, wall time and peak RSS; per variant, file size, node count, onnxruntime CPU session
@@ -26,10 +26,6 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-
-# WebGPU's default maxStorageBuffersPerShaderStage is 8: one binding per input plus the output.
-WEBGPU_MAX_INPUTS = 7
-
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
@@ -106,15 +102,16 @@ def step_torch_forward(config_name: str, size: int) -> dict:
 
 
 def step_variant(config_name: str, variant: str, fp32: str, path: str) -> dict:
-    from export.pipeline import make_variant
-    from eval.images import sample_photos
+    from common.contract import INPUT_NAME
+    from eval.images import load_rgb, preprocess, sample_photos
     from models.registry import get_model_config
+    from quantize.recipes import Calibration, get_recipe
 
     config = get_model_config(config_name)
     photos = sample_photos()[:1]  # one calibration image: bounds the int8 calibration's memory and time
-    size = _onnx_size(Path(fp32))
-    make_variant(variant, Path(fp32), Path(path), photos, replace(config.preprocessing, input_size=(size, size)),
-                 config)
+    pre = replace(config.preprocessing, input_size=(_onnx_size(Path(fp32)),) * 2)
+    calibration = Calibration(photos, lambda p: {INPUT_NAME: preprocess(load_rgb(p), pre)}, {})
+    get_recipe(variant).make(Path(fp32), Path(path), config, calibration)
     return {}
 
 
@@ -148,28 +145,16 @@ def step_run(config_name: str, path: str, out: str, runs: int) -> dict:
 
 
 def graph_report(path: Path) -> dict:
-    """Node counts and the WebGPU-safety checks of one graph."""
+    """Node counts and the WebGPU checks the export gate runs (common.onnx_graph.webgpu_problems)."""
     import onnx
-    from onnx import shape_inference
+
+    from common.onnx_graph import webgpu_problems
 
     model = onnx.load(str(path))
     ops = collections.Counter(n.op_type for n in model.graph.node)
-    inferred = shape_inference.infer_shapes(model)
-    dynamic = []
-    for value in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
-        tensor = value.type.tensor_type
-        if not tensor.HasField("shape") or any(not d.HasField("dim_value") for d in tensor.shape.dim):
-            dynamic.append(value.name)
-    concat_max = max((len(n.input) for n in model.graph.node if n.op_type == "Concat"), default=0)
-    split_max = max((len(n.output) for n in model.graph.node if n.op_type == "Split"), default=0)
-    conv_missing = [n.name for n in model.graph.node if n.op_type == "Conv"
-                    and not {"kernel_shape", "strides", "pads", "dilations", "group"} <= {a.name for a in n.attribute}]
     return {
         "nodes": len(model.graph.node), "ops": dict(ops.most_common()),
-        "static_shapes": not dynamic, "dynamic_tensors": dynamic[:5],
-        "concat_max_inputs": concat_max, "split_max_outputs": split_max,
-        "webgpu_fan_in_ok": concat_max <= WEBGPU_MAX_INPUTS and split_max <= WEBGPU_MAX_INPUTS,
-        "conv_without_explicit_attrs": len(conv_missing),
+        "webgpu_problems": webgpu_problems(model),
         "gather_or_scatter": sum(c for op, c in ops.items() if op.startswith(("Gather", "Scatter"))),
     }
 
@@ -252,7 +237,8 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
     from eval.images import sample_photos
     from models.registry import get_model_config
     from common.files import sha256_file
-    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+    from web_runtime.chromium import launch
+    from export.pipeline import model_info, output_info
     from web_runtime.build_bundle import build_bundle
     from web_runtime.serve import NginxServer
 
@@ -267,9 +253,9 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
         build_variants[variant] = {"stages": stages}
     pre = replace(config.preprocessing, input_size=(size, size))
     (out / "manifest.json").write_text(json.dumps({
-        "model": {"name": config_name, "licence": config.licence, "licence_note": config.licence_note},
+        "model": model_info(config),
         "preprocessing": pre.to_dict(),
-        "output": {**config.output.to_dict(), "input_name": "input", "output_name": "alpha"},
+        "output": output_info(config),
         "variants": build_variants}))
     www = out / "www"
     shutil.rmtree(www, ignore_errors=True)
@@ -286,7 +272,7 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
     results = []
     with NginxServer(www) as server, sync_playwright() as p:
         for variant in variants:
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+            browser = launch(p)
             peak = {"sum": 0.0, "max": 0.0}
             done = threading.Event()
 
@@ -431,9 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{variant:<7} {e['bytes'] / 1e6:>8.1f} {e['nodes']:>6} {run.get('session_s', float('nan')):>9.1f} "
               f"{runs:>12} {run['peak_rss_mb'] / 1024:>7.2f} {vs.get('max_abs', 0):>9.2e} {vs.get('iou', 1):>7.4f}")
     g = report["variants"]["fp32"]
-    print(f"WebGPU checks (fp32): static shapes {g['static_shapes']}, Concat max inputs {g['concat_max_inputs']}, "
-          f"Split max outputs {g['split_max_outputs']} (limit {WEBGPU_MAX_INPUTS}), Conv without explicit "
-          f"attributes {g['conv_without_explicit_attrs']}, Gather/Scatter nodes {g['gather_or_scatter']}")
+    print(f"WebGPU checks (fp32): {'; '.join(g['webgpu_problems']) or 'pass'}; "
+          f"Gather/Scatter nodes {g['gather_or_scatter']}")
     print("ops:", ", ".join(f"{k} {v}" for k, v in g["ops"].items()))
     return 0
 

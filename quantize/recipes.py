@@ -1,0 +1,90 @@
+"""Variant recipes: how each shipped variant is made from the fp32 graph, by name.
+
+A new variant kind (another quantizer, a weight codec, another engine's format) is one more ``Recipe`` here;
+the export pipeline builds a step per recipe and graph without knowing what the recipe does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from common.contract import INPUT_NAME
+from models.registry import ModelConfig
+
+BASE_VARIANT = "fp32"  # exported from torch; every recipe starts from it
+
+# A calibration photo → the graph's inputs by name (the preprocessed image, or what earlier graphs made of it).
+CalibrationLoader = Callable[[Path], "dict[str, np.ndarray]"]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Photos a calibrated recipe feeds through the graph, and how a photo becomes the graph's inputs."""
+
+    images: Sequence[Path]
+    load: CalibrationLoader
+    fingerprint: dict[str, str]  # photo name → sha256, recorded with the step
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    summary: str
+    make: Callable[[Path, Path, ModelConfig, Calibration], None]  # (fp32 graph, target, config, calibration)
+    params: Callable[[ModelConfig, Calibration], dict]  # what the build manifest records (and keys the step on)
+
+
+def _fp16(fp32: Path, target: Path, config: ModelConfig, _: Calibration) -> None:
+    from quantize.fp16 import to_fp16
+    to_fp16(fp32, target, config.fp16_keep_fp32)
+
+
+def _int8_weights(fp32: Path, target: Path, config: ModelConfig, _: Calibration) -> None:
+    from quantize.weight_only import to_int8_weights
+    to_int8_weights(fp32, target, config.int8w_keep_fp16)
+
+
+def _int8_static(fp32: Path, target: Path, _: ModelConfig, calibration: Calibration) -> None:
+    from quantize.static_int8 import to_int8_static
+    to_int8_static(fp32, target, calibration.images, calibration.load, INPUT_NAME)
+
+
+def _quint8_dynamic(fp32: Path, target: Path, _: ModelConfig, __: Calibration) -> None:
+    from quantize.static_int8 import to_quint8_dynamic
+    to_quint8_dynamic(fp32, target)
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    if recipe.name in RECIPES or recipe.name == BASE_VARIANT:
+        raise ValueError(f"variant recipe {recipe.name!r} registered twice")
+    RECIPES[recipe.name] = recipe
+    return recipe
+
+
+register_recipe(Recipe(
+    "fp16", "fp16 weights and compute, fp32 input/output (onnxconverter-common)", _fp16,
+    lambda config, _: {"keep_fp32_ops": list(config.fp16_keep_fp32)} if config.fp16_keep_fp32 else {}))
+register_recipe(Recipe(
+    "int8w", "weight-only int8, per-output-channel scales, fp32 compute", _int8_weights,
+    lambda config, _: {"keep_fp16": list(config.int8w_keep_fp16)}))
+register_recipe(Recipe(
+    "int8", "static int8 QDQ: per-channel weights, entropy-calibrated activations", _int8_static,
+    lambda _, calibration: {"calibration": dict(calibration.fingerprint)}))
+register_recipe(Recipe(
+    "quint8", "dynamic quint8 weights (imgly's 'small' recipe), a comparison row", _quint8_dynamic,
+    lambda _, __: {}))
+
+ALL_VARIANTS: tuple[str, ...] = (BASE_VARIANT, *RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ValueError(f"unknown variant {name!r}; known: {', '.join(ALL_VARIANTS)}") from None
