@@ -1,4 +1,4 @@
-"""The `clearcut` command: list models, pull weights, export variants, cut photos."""
+"""The `clearcut` command: list models, pull weights, export variants, cut photos, publish the bundle."""
 from __future__ import annotations
 
 import argparse
@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p_cut.add_argument("--overwrite", action="store_true", help="cut again when the output exists (default: skip)")
     p_cut.add_argument("--max-pixels", type=int, help="larger photos fail (default: eval.images.MAX_PIXELS)")
     p_cut.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime threads")
+    sub.add_parser("publish", add_help=False, help="publish dist/ to a folder or s3://bucket/prefix (see `publish --help`)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["publish"]:
+        from web_runtime.publish import main as publish_main
+        return publish_main(argv[1:], prog="clearcut publish")
     args = parser.parse_args(argv)
     if args.command == "cut":  # exit codes of its own: 1 when a photo failed, 2 for bad usage
         from eval.cut import main as cut_main
