@@ -1,4 +1,4 @@
-"""The `clearcut` command: list models, pull weights, export variants."""
+"""The `clearcut` command: list models, pull weights, export variants, publish the bundle."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--out", default="build")
     p_exp.add_argument("--parity-images", default="", help="folder of photos for the parity gate")
     p_exp.add_argument("--calibration-images", default="", help="folder of photos for int8 calibration")
+    sub.add_parser("publish", add_help=False, help="publish dist/ to a folder or s3://bucket/prefix (see `publish --help`)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["publish"]:
+        from web_runtime.publish import main as publish_main
+        return publish_main(argv[1:], prog="clearcut publish")
     args = parser.parse_args(argv)
 
     from models.weights import WeightsError

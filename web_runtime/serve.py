@@ -47,7 +47,7 @@ http {{
     sendfile on;
     etag on;
     gzip on;
-    gzip_types application/javascript application/json application/wasm text/css text/plain;
+    gzip_types text/javascript application/json application/wasm text/css text/plain;
     server {{
         listen 127.0.0.1:{port};
         root {root};

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,18 +51,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_build(tmp_path_factory) -> Path:
     """`build/u2netp/` of a random-init U^2-NetP exported at 64 px (fp32, fp16)."""
-    import torch
-    from models.architectures import build_model
-    from models.registry import get_model_config
+    from tests.tiny_bundle import export_tiny_u2netp
 
-    root = tmp_path_factory.mktemp("tinybuild")
-    torch.manual_seed(0)
-    model = build_model(get_model_config("u2netp"))
-    torch.save(model.state_dict(), root / "u2netp_rand.pth")
-    subprocess.run([sys.executable, "-m", "export.cli", "export", "--model", "u2netp", "--weights",
-                    str(root / "u2netp_rand.pth"), "--size", "64", "--variants", "fp32,fp16", "--out", str(root)],
-                   check=True, cwd=REPO, capture_output=True)
-    return root / "u2netp"
+    return export_tiny_u2netp(tmp_path_factory.mktemp("tinybuild"))
 
 
 def real_manifest() -> dict | None:
