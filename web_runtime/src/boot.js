@@ -1,18 +1,15 @@
 // Starting the runtime's worker from the page, wherever the bundle is served from:
 // - the page's own origin: `new Worker(url)`;
 // - another origin (a CDN): browsers refuse to start a worker from another origin's script, so a one-line
-//   blob: module worker imports it instead (a "trampoline"; the page's CSP needs `worker-src blob:`, the bundle
-//   CORS headers). The worker then runs with the page's origin: its fetches are CORS requests to the CDN and its
+//   blob: module worker imports it instead (a "trampoline"; the page's CSP needs `worker-src <bundle origin> blob:`,
+//   since a module worker's imports count as worker scripts, and the bundle CORS headers). The worker then runs with the page's origin: its fetches are CORS requests to the CDN and its
 //   Cache API storage is the page's;
 // - neither loads (the network is gone): the worker's modules are taken from the copies the worker kept in
 //   the Cache API at its last complete load, verified against the last good manifest, and linked with blob:
 //   URLs (relative imports rewritten), so a page that is itself available offline still cuts.
 import { ClearCutError } from './errors.js';
-import { FILE_CACHE, cachedBytes, lastGoodManifest, openCache } from './store.js';
+import { FILE_CACHE, RELATIVE_IMPORT, cachedBytes, lastGoodManifest, openCache, relativeImports } from './store.js';
 import { VERSION } from './version.js';
-
-/** `from './x.js'` and `import './x.js'`: the only way the runtime's modules import each other. */
-const RELATIVE_IMPORT = /(\bfrom\s*|\bimport\s*)(['"])(\.\.?\/[^'"]+)\2/g;
 
 /**
  * A started worker (it answered `ready`), or a ClearCutError `worker` saying why there is none.
@@ -40,12 +37,13 @@ export async function startWorker({ workerUrl, manifestUrl, baseUrl, signal, abo
     }
   }
   const hints = [];
-  if (failure?.name === 'SecurityError') {
-    hints.push(`the page's Content-Security-Policy must allow the worker (worker-src ${workerUrl.origin === location.origin ? "'self'" : 'blob:'})`);
-  } else {
-    if (bundled) hints.push('if clearcut.js was bundled into your app, pass baseUrl (the folder of the ClearCut bundle: manifest.json, worker.js, ort-*/)');
-    hints.push('check the network; offline, the worker starts only from the copies kept at an earlier complete load');
+  const remote = workerUrl.origin !== location.origin;
+  if (failure?.name === 'SecurityError' || remote) {
+    hints.push(`the page's Content-Security-Policy must allow the worker (worker-src ${remote ? `${workerUrl.origin} blob:` : "'self'"})` +
+      (remote ? `, and ${workerUrl.origin} must send Access-Control-Allow-Origin` : ''));
   }
+  if (bundled) hints.push('if clearcut.js was bundled into your app, pass baseUrl (the folder of the ClearCut bundle: manifest.json, worker.js, ort-*/)');
+  hints.push('check the network; offline, the worker starts only from the copies kept at an earlier complete load');
   throw new ClearCutError('worker', `Could not start the ClearCut worker from ${workerUrl.href} (${failure?.message || 'it did not load'}): ${hints.join('; ')}.`);
 }
 
@@ -121,11 +119,7 @@ async function linkFromCache(manifestUrl, baseUrl) {
         const bytes = entry && await cachedBytes(cache, new URL(path, base).href, entry);
         if (!bytes) throw new Error(`${path} is not in the cache`);
         const source = new TextDecoder().decode(bytes);
-        const deps = new Map();
-        for (const [, , , spec] of source.matchAll(RELATIVE_IMPORT)) {
-          deps.set(spec, link(new URL(spec, `https://bundle/${path}`).pathname.slice(1)));
-        }
-        const urls = new Map(await Promise.all([...deps].map(async ([spec, url]) => [spec, await url])));
+        const urls = new Map(await Promise.all(relativeImports(path, source).map(async ([spec, dep]) => [spec, await link(dep)])));
         const rewritten = source.replace(RELATIVE_IMPORT, (_, keyword, quote, spec) => keyword + quote + urls.get(spec) + quote);
         return URL.createObjectURL(new Blob([rewritten], { type: 'text/javascript' }));
       })());

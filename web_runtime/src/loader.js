@@ -2,7 +2,7 @@
 // model chunks and the runtime/onnxruntime files (sha256-verified, kept in the Cache API by store.js), with one
 // retry policy and download progress. Knows nothing of the inference engine.
 import { ClearCutError, aborted, isAbort } from './errors.js';
-import { CHUNK_CACHE, FILE_CACHE, cachedBytes, lastGoodManifest, openCache, putBytes, sha256Hex } from './store.js';
+import { CHUNK_CACHE, FILE_CACHE, cachedBytes, lastGoodManifest, openCache, putBytes, relativeImports, sha256Hex } from './store.js';
 
 /** @typedef {import('./manifest').BundleManifest} BundleManifest */
 /** @typedef {import('./manifest').Chunk} Chunk */
@@ -254,4 +254,17 @@ export function runtimeFiles(manifest, base, signal) {
     if (!loads.has(path)) loads.set(path, load(path));
     return loads.get(path);
   };
+}
+
+/**
+ * Load (so: verify and cache) a module and everything it imports, e.g. the worker's module graph, which boot.js
+ * starts from the Cache API when the network is gone.
+ * @param {(path: string) => Promise<Uint8Array>} file a `runtimeFiles` loader @param {string} path
+ * @param {Set<string>} [seen] @returns {Promise<void>}
+ */
+export async function loadModuleGraph(file, path, seen = new Set()) {
+  if (seen.has(path)) return;
+  seen.add(path);
+  const source = new TextDecoder().decode(await file(path));
+  await Promise.all(relativeImports(path, source).map(([, dep]) => loadModuleGraph(file, dep, seen)));
 }

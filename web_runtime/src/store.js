@@ -94,11 +94,14 @@ export async function keepManifest(manifestUrl, text, manifest, base) {
   await Promise.all(stale.flatMap((url) => [files.delete(url), chunks?.delete(url)]).map((p) => p?.catch(() => {})));
 }
 
+/** A static import or re-export of a relative path, at the start of a line (so never one quoted in a comment):
+ * the only way the runtime's modules refer to each other. Groups: the statement up to the quote, the quote, the path. */
+export const RELATIVE_IMPORT = /^(\s*(?:import|export)\s[^'";]*?\bfrom\s*|\s*import\s*)(['"])(\.\.?\/[^'"]+)\2/gm;
+
 /**
- * The runtime's own modules (every JavaScript file of the manifest outside onnxruntime's folder): cached by the
- * worker so that boot.js can start it from them when the network is gone.
- * @param {BundleManifest} manifest @returns {string[]}
+ * The relative imports of a module of the bundle: [specifier as written, path in the bundle].
+ * @param {string} path the module's path in the bundle @param {string} source @returns {[string, string][]}
  */
-export function runtimeModules(manifest) {
-  return Object.keys(manifest.files || {}).filter((p) => p.endsWith('.js') && !p.startsWith(`${manifest.runtime.ort_dir}/`));
+export function relativeImports(path, source) {
+  return [...source.matchAll(RELATIVE_IMPORT)].map((m) => [m[3], new URL(m[3], `https://bundle/${path}`).pathname.slice(1)]);
 }

@@ -8,11 +8,11 @@
 import { ClearCutError, toWire } from './errors.js';
 import { wasmHeapBytes } from './engine.js';
 import { createOrtEngine } from './engine_ort.js';
-import { loadManifest, loadModel, runtimeFiles } from './loader.js';
+import { loadManifest, loadModel, loadModuleGraph, runtimeFiles } from './loader.js';
 import { createRunner } from './runners.js';
 import { DEFAULT_MAX_PIXELS } from './compose.js';
 import { cut } from './cut.js';
-import { keepManifest, runtimeModules } from './store.js';
+import { keepManifest } from './store.js';
 import { VERSION } from './version.js';
 
 /** @typedef {import('./manifest').BundleManifest} BundleManifest */
@@ -71,11 +71,11 @@ async function init({ manifestUrl, baseUrl, variant, backend, maxPixels, numThre
   const base = baseUrl || new URL('.', url).href;
   const file = runtimeFiles(manifest, base, signal);
   const parts = entry.stages || [entry];
-  // onnxruntime, the model and the offline copies of the runtime's modules load side by side
+  // onnxruntime, the model and the offline copies of this worker's modules load side by side
   const [engine, files] = await Promise.all([
     createOrtEngine({ manifest, variant: entry, file, backend, numThreads }),
     loadModel(parts, base, { signal, onProgress: progress }),
-    ...runtimeModules(manifest).map(file),
+    loadModuleGraph(file, manifest.runtime.worker),
   ]);
   const total = files.reduce((sum, f) => sum + f.length, 0);
   progress({ phase: 'session', loaded: total, total });
