@@ -169,6 +169,19 @@ def test_a_tampered_runtime_file_is_refused_and_not_cached(harness, tampered_run
     assert not [u for u in cached if u.endswith(f"/{bundle}/manifest.json")], "a failed load's manifest was kept"
 
 
+def test_a_worker_of_another_runtime_version_is_refused(harness, web_root):
+    """The npm runtime and the CDN's worker must be the same release: a bundle of another version says so."""
+    skewed = web_root / "skewed"
+    if not skewed.exists():
+        shutil.copytree(web_root / "tiny", skewed)
+        version = skewed / "version.js"
+        version.write_text(version.read_text().replace("VERSION = '", "VERSION = '9."))
+        _readable(skewed)
+    result = harness.load("tiny", workerUrl="/skewed/worker.js")
+    assert not result["ok"] and result["code"] == "worker", result
+    assert "is ClearCut runtime 9." in result["message"] and "baseUrl" in result["message"], result
+
+
 # ---- the npm package, bundled into an app ------------------------------------------------------------------
 
 APP_JS = """import { createCutter, VERSION } from '@clearcut/runtime';
@@ -234,7 +247,20 @@ def test_npm_package_contents(npm_app):
     version = (WEB_RUNTIME / "src" / "version.js").read_text()
     assert f"VERSION = '{installed['version']}'" in version, "src/version.js must carry package.json's version"
     bundled = npm_app["bundle"].read_text()
+    print(f"app bundle (esbuild --minify, runtime included): {len(bundled.encode())} bytes")
     assert "InferenceSession" not in bundled and "refineEdges" not in bundled, "the worker's code must not be in the app"
+
+
+def test_npm_app_without_base_url_says_to_pass_it(browser, server, npm_app):
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{server.url}/app/index.html")  # no ?cdn=: createCutter({ baseUrl: null })
+        result = page.evaluate("window.app.load({})")
+        assert not result["ok"] and result["code"] == "worker", result
+        assert f"{server.url}/app/worker.js" in result["message"] and "pass baseUrl" in result["message"], result
+    finally:
+        context.close()
 
 
 def test_npm_app_with_the_bundle_on_a_cdn_works_offline_and_takes_a_new_bundle(browser, server, npm_app, tiny_build,

@@ -68,6 +68,7 @@ export async function createOrtEngine({ manifest, variant, file, backend, numThr
         session = await ort.InferenceSession.create(bytes, options());
       }
       sessions++;
+      ort.env.wasm.wasmBinary = undefined; // compiled by now: the 11 MB of bytes need not stay in this worker's memory
       return wrap(ort, session);
     },
   };

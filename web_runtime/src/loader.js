@@ -222,13 +222,14 @@ async function loadChunk(chunk, base, cache, signal, report) {
  * A loader of the bundle's runtime and onnxruntime files (the manifest's `files`): verified bytes from the
  * Cache API, else from the network (retried like chunks), checked against the manifest's sha256 and only then
  * cached. A file that does not match is an `integrity` error and is neither used nor cached. Each path is
- * loaded once per loader.
+ * loaded once per loader. Storing runs alongside the caller's work: `stored()` waits for it.
  * @param {BundleManifest} manifest @param {string} base URL the paths are relative to @param {AbortSignal} signal
- * @returns {(path: string) => Promise<Uint8Array>}
+ * @returns {((path: string) => Promise<Uint8Array>) & {stored: () => Promise<void>}}
  */
 export function runtimeFiles(manifest, base, signal) {
   const cache = openCache(FILE_CACHE);
   const loads = new Map();
+  const puts = [];
   const load = async (path) => {
     const entry = manifest.files[path];
     if (!entry) throw new ClearCutError('manifest', `The manifest lists no runtime file "${path}": rebuild the bundle.`);
@@ -247,13 +248,14 @@ export function runtimeFiles(manifest, base, signal) {
         `the manifest lists ${entry.bytes} bytes, sha256 ${entry.sha256}): the file on the server is corrupt or was altered. ` +
         'It was not used or cached; redeploy the bundle.');
     }
-    await putBytes(await cache, url, bytes, CONTENT_TYPES[path.split('.').pop()]);
+    puts.push(cache.then((c) => putBytes(c, url, bytes, CONTENT_TYPES[path.split('.').pop()])));
     return bytes;
   };
-  return (path) => {
+  const file = (path) => {
     if (!loads.has(path)) loads.set(path, load(path));
     return loads.get(path);
   };
+  return Object.assign(file, { stored: async () => { await Promise.all(puts); } });
 }
 
 /**

@@ -82,6 +82,7 @@ async function init({ manifestUrl, baseUrl, variant, backend, maxPixels, numThre
   const runner = await createRunner({ engine, manifest, parts, files, staged: !!entry.stages, onProgress: progress });
   if (warmup !== false) await runner.warmUp();
   // Everything this manifest needs is verified and cached: it becomes the one to fall back on offline.
+  await file.stored();
   if (!offline) await keepManifest(url, text, manifest, base);
   Object.assign(state, { manifest, runner, loading: null });
   return {
