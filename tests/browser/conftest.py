@@ -48,14 +48,6 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-@pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory) -> Path:
-    """`build/u2netp/` of a random-init U^2-NetP exported at 64 px (fp32, fp16)."""
-    from tests.tiny_bundle import export_tiny_u2netp
-
-    return export_tiny_u2netp(tmp_path_factory.mktemp("tinybuild"))
-
-
 def real_manifest() -> dict | None:
     try:
         manifest = json.loads((REAL_BUILD / "manifest.json").read_text())

@@ -130,7 +130,7 @@ export function compose(rgba, mask, width, height, output, colour) {
     if (output === 'mask') {
       out[p] = out[p + 1] = out[p + 2] = a8; out[p + 3] = 255;
     } else if (colour) {
-      for (let c = 0; c < 3; c++) out[p + c] = rgba[p + c] * a + colour[c] * (1 - a) + 0.5;
+      for (let c = 0; c < 3; c++) out[p + c] = rgba[p + c] * a + colour[c] * (1 - a); // the clamped array rounds
       out[p + 3] = 255;
     } else {
       out[p] = rgba[p]; out[p + 1] = rgba[p + 1]; out[p + 2] = rgba[p + 2]; out[p + 3] = a8;
