@@ -38,8 +38,10 @@ ORT_FILES = {
     "webgpu": ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"],
 }
 ORT_ENTRY = {"wasm": "ort.wasm.min.mjs", "webgpu": "ort.webgpu.min.mjs"}
-RUNTIME_FILES = ["clearcut.js", "errors.js", "worker.js", "loader.js", "engine.js", "engine_ort.js", "runners.js",
-                 "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts", "manifest.d.ts"]
+RUNTIME_FILES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js", "worker.js", "loader.js", "engine.js",
+                 "engine_ort.js", "runners.js", "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts",
+                 "manifest.d.ts"]
+PAGE_MODULES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js"]  # the page's import graph (SRI in the demo)
 REFINE_PARAMS = HERE / "refine.json"  # edge-refinement constants (single source; eval/refine.py reads it too)
 DEMO_FILES = ["index.html", "demo.js", "demo.css"]
 
@@ -297,7 +299,7 @@ def _stamp_demo(root: Path, files: dict) -> None:
     """Put the CSP and SRI hashes into the demo page (module scripts loaded from the page carry `integrity`)."""
     html = (root / "index.html").read_text()
     html = html.replace("{{CSP}}", CSP.replace("; frame-ancestors 'none'", ""))  # not allowed in <meta>
-    for name in ("clearcut.js", "demo.js", "demo.css", "errors.js"):
+    for name in ("demo.js", "demo.css", *PAGE_MODULES):
         digest = files.get(name, {}).get("integrity")
         if digest is None and (root / name).exists():
             digest = sri((root / name).read_bytes())

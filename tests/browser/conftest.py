@@ -136,6 +136,7 @@ class Harness:
         self.page.goto(self.base_url + path)
 
     def load(self, bundle: str = "tiny", **options) -> dict:
+        """createCutter for a bundle folder of the test origin (`tiny`) or a folder URL (`http://…/`)."""
         return self.page.evaluate(LOAD_JS, [bundle, options])
 
     def cut(self, data: bytes, **options) -> dict:
@@ -150,10 +151,11 @@ class Harness:
 
 
 LOAD_JS = """async ([bundle, options]) => {
-  const m = await import(`/${bundle}/clearcut.js`);
+  const base = bundle.includes('://') ? bundle : `/${bundle}/`;  // a bundle folder of this origin, or a URL
+  const m = await import(`${base}clearcut.js`);
   window.progressEvents = [];
   try {
-    window.cutter = await m.createCutter({ manifestUrl: `/${bundle}/manifest.json`,
+    window.cutter = await m.createCutter({ manifestUrl: `${base}manifest.json`,
       onProgress: (p) => window.progressEvents.push(p), ...options });
     return { ok: true, ...window.cutter.info };
   } catch (e) {

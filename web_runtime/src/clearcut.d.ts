@@ -20,7 +20,16 @@ export interface Progress {
 }
 
 export interface CutterOptions {
-  /** URL of the bundle's manifest.json (default: `manifest.json` next to the page). */
+  /**
+   * The ClearCut bundle's folder (like imgly's `publicPath`), e.g. `https://cdn.example.com/clearcut/0.1.0-a104325fa025/`:
+   * `manifest.json`, `worker.js` and every file the manifest lists (onnxruntime, model chunks) are resolved
+   * against it. Needed when clearcut.js was bundled into an app (npm) and the bundle is served elsewhere; it
+   * may be on another origin (the worker then starts through a blob: module worker: the page's CSP needs
+   * `worker-src blob:`). Default: none — the manifest next to the page, the worker next to clearcut.js, the
+   * manifest's paths relative to the manifest.
+   */
+  baseUrl?: string | URL;
+  /** URL of the bundle's manifest.json (default: `manifest.json` in `baseUrl`, else next to the page). */
   manifestUrl?: string;
   /** Variant name from the manifest (default: the manifest's `default_variant`). */
   variant?: string;
@@ -36,7 +45,7 @@ export interface CutterOptions {
   onProgress?: (progress: Progress) => void;
   /** Aborts the model download: rejects with the signal's reason if one was given, else code `aborted`. */
   signal?: AbortSignal;
-  /** Worker script URL (default: `worker.js` next to this module). */
+  /** Worker script URL (default: `worker.js` in `baseUrl`, else next to this module). */
   workerUrl?: string | URL;
 }
 
@@ -70,8 +79,15 @@ export interface CutterInfo {
   backend: 'wasm' | 'webgpu';
   /** Why `auto` did not use WebGPU, or why WebGPU fell back to WASM. */
   fallbackReason: string | null;
+  /** WASM threads (onnxruntime's pthread workers + its own); `null` on WebGPU. */
   threads: number | null;
+  /** Why WASM runs on one thread, e.g. the page is not cross-origin isolated (no COOP/COEP headers), or
+   * `numThreads: 1` was asked; `null` when it runs on several (or on WebGPU). */
+  threadsReason: string | null;
   crossOriginIsolated: boolean;
+  /** The network failed and the last manifest that loaded completely from this URL was used, with its
+   * runtime, onnxruntime and model files from the Cache API; a new bundle is picked up once it is back. */
+  offline: boolean;
   model: { name: string; licence: string; licence_note: string; description: string };
   inputSize: [number, number];
   /** Names of the graphs a staged variant runs in sequence, one session at a time; `null`: one graph. */
@@ -98,3 +114,6 @@ export class ClearCutError extends Error {
 }
 
 export function createCutter(options?: CutterOptions): Promise<Cutter>;
+
+/** The runtime's version (package.json's); the worker of the bundle at `baseUrl` must have the same major.minor. */
+export const VERSION: string;

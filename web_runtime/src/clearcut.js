@@ -1,7 +1,11 @@
-// ClearCut: background removal entirely in the browser. Main-thread API; all work runs in a module worker.
+// ClearCut: background removal entirely in the browser. Main-thread API; all work runs in a module worker
+// (started by boot.js: directly, through a blob: trampoline when the bundle is on another origin, or from the
+// Cache API offline).
 import { ClearCutError, isAbort } from './errors.js';
+import { startWorker } from './boot.js';
+import { VERSION } from './version.js';
 
-export { ClearCutError };
+export { ClearCutError, VERSION };
 
 /**
  * Load a model variant and return a cutter.
@@ -9,9 +13,14 @@ export { ClearCutError };
  * @returns {Promise<import('./clearcut').Cutter>}
  */
 export async function createCutter(options = {}) {
-  const manifestUrl = new URL(options.manifestUrl || 'manifest.json', document.baseURI).href;
-  const workerUrl = options.workerUrl || new URL('./worker.js', import.meta.url);
-  const worker = new Worker(workerUrl, { type: 'module', name: 'clearcut' });
+  const page = document.baseURI;
+  // baseUrl: the bundle's folder, for a runtime bundled into an app (or to point at a CDN): everything else
+  // is resolved against it. Without it: the manifest next to the page, the worker next to this module.
+  const baseUrl = options.baseUrl ? asFolder(new URL(options.baseUrl, page)) : null;
+  const manifestUrl = new URL(options.manifestUrl || 'manifest.json', baseUrl || page).href;
+  const workerUrl = new URL(options.workerUrl || (baseUrl ? 'worker.js' : new URL('./worker.js', import.meta.url)), baseUrl || page);
+  const worker = await startWorker({ workerUrl, manifestUrl, baseUrl, signal: options.signal,
+    abortError: () => abortError(options.signal), bundled: !baseUrl && !options.workerUrl });
   const pending = new Map();
   let nextId = 1;
   let disposed = false;
@@ -53,7 +62,7 @@ export async function createCutter(options = {}) {
   let info;
   try {
     info = await call('init', {
-      manifestUrl, variant: options.variant, backend: options.backend || 'wasm',
+      manifestUrl, baseUrl, variant: options.variant, backend: options.backend || 'wasm',
       maxPixels: options.maxPixels, numThreads: options.numThreads, warmup: options.warmup,
     }, [], options.signal, 'init');
   } catch (err) {
@@ -80,6 +89,13 @@ export async function createCutter(options = {}) {
       pending.clear();
     },
   };
+}
+
+/** A folder URL (ending in `/`): `https://cdn/x` and `https://cdn/x/` both mean the folder x. */
+function asFolder(url) {
+  if (!url.pathname.endsWith('/')) url.pathname += '/';
+  url.search = url.hash = '';
+  return url.href;
 }
 
 /** The caller's own abort reason if it gave one (`abort(reason)`), else a ClearCutError `aborted`. */

@@ -34,6 +34,7 @@
  * @property {'wasm' | 'webgpu'} backend Where sessions run (an engine may fall back once, before its first session).
  * @property {string | null} fallbackReason Why the requested backend is not the one used, or null.
  * @property {number | null} threads WASM threads, null on other backends.
+ * @property {string | null} threadsReason Why WASM runs on one thread (or fewer threads started), else null.
  */
 
 // Remember the wasm memories an engine creates (emscripten imports its memory from JS) so that
@@ -55,3 +56,22 @@ export function wasmHeapBytes() {
   for (const m of wasmMemories) bytes += m.buffer.byteLength;
   return bytes;
 }
+
+// The same for the workers onnxruntime's threaded build starts for its pthreads (named "em-pthread" by
+// emscripten): how many were created and how many failed to load, so that `cutter.info` can tell when threads
+// were asked for but did not come up.
+const pthreads = { created: 0, failed: 0 };
+if (typeof Worker !== 'undefined') {
+  const NativeWorker = Worker;
+  self.Worker = class extends NativeWorker {
+    constructor(url, options) {
+      super(url, options);
+      if (options?.name !== 'em-pthread') return;
+      pthreads.created++;
+      this.addEventListener('error', () => { pthreads.failed++; }, { once: true });
+    }
+  };
+}
+
+/** onnxruntime's pthread workers in this worker so far. */
+export const pthreadWorkers = () => ({ ...pthreads });

@@ -1,16 +1,18 @@
-// Getting the bundle's bytes: the manifest (checked for shape) and the model chunks (sha256-verified, kept in
-// the Cache API), with one retry policy and download progress. Knows nothing of the inference engine.
+// Getting the bundle's bytes: the manifest (checked for shape; the last good one when the network is gone), the
+// model chunks and the runtime/onnxruntime files (sha256-verified, kept in the Cache API by store.js), with one
+// retry policy and download progress. Knows nothing of the inference engine.
 import { ClearCutError, aborted, isAbort } from './errors.js';
+import { CHUNK_CACHE, FILE_CACHE, cachedBytes, lastGoodManifest, openCache, putBytes, relativeImports, sha256Hex } from './store.js';
 
 /** @typedef {import('./manifest').BundleManifest} BundleManifest */
 /** @typedef {import('./manifest').Chunk} Chunk */
 /** @typedef {{phase: 'download', loaded: number, total: number, fromCache: boolean}} DownloadProgress */
 
 export const SCHEMA = 'clearcut.bundle/1';
-const CACHE_NAME = 'clearcut-chunks-v1';
 const ATTEMPTS = 3;
 const BACKOFF_MS = 250; // waits 250 ms, then 500 ms: enough for a CDN hiccup, short enough to fail fast
 const PARALLEL_CHUNKS = 3;
+const CONTENT_TYPES = { js: 'text/javascript', mjs: 'text/javascript', wasm: 'application/wasm' };
 
 /** Failures worth another attempt: the network, a 5xx/429, a body cut short. */
 const transientErrors = new WeakSet();
@@ -22,18 +24,18 @@ const transient = (err) => { transientErrors.add(err); return err; };
  * @template T @param {string} what @param {() => Promise<T>} attempt @param {AbortSignal} signal
  * @returns {Promise<T>}
  */
-async function retrying(what, attempt, signal) {
+async function retrying(what, attempt, signal, attempts = ATTEMPTS) {
   let lastError;
-  for (let n = 1; n <= ATTEMPTS; n++) {
+  for (let n = 1; n <= attempts; n++) {
     try {
       return await attempt();
     } catch (err) {
       if (isAbort(err) || signal.aborted) throw aborted('Model loading');
       if (err instanceof ClearCutError && !transientErrors.has(err)) throw err;
       lastError = err instanceof ClearCutError ? err
-        : new ClearCutError('network', `Could not download ${what}: ${err.message}. Check the connection and try again.`);
+        : transient(new ClearCutError('network', `Could not download ${what}: ${err.message}. Check the connection and try again.`));
     }
-    if (n < ATTEMPTS) await pause(BACKOFF_MS * n, signal);
+    if (n < attempts) await pause(BACKOFF_MS * n, signal);
   }
   throw lastError;
 }
@@ -55,16 +57,30 @@ function checkStatus(res, what, permanentCode) {
 }
 
 /**
- * Fetch, parse and check the bundle manifest.
- * @param {string} url absolute @param {AbortSignal} signal @returns {Promise<BundleManifest>}
+ * Fetch, parse and check the bundle manifest. When the network fails (or the server answers 5xx) and a manifest
+ * from this URL loaded completely before, that one is used (`offline`): the files it lists are in the Cache API.
+ * A manifest the server does give is always the one used, so a newly published bundle takes over as soon as
+ * the network is back.
+ * @param {string} url absolute @param {AbortSignal} signal
+ * @returns {Promise<{manifest: BundleManifest, text: string, offline: boolean}>}
  */
 export async function loadManifest(url, signal) {
   const what = `the bundle manifest (${url})`;
-  const { text, type } = await retrying(what, async () => {
-    const res = await fetch(url, { cache: 'no-cache', signal });
-    checkStatus(res, what, 'network');
-    return { text: await res.text(), type: res.headers.get('Content-Type') || 'no Content-Type' };
-  }, signal);
+  const kept = await lastGoodManifest(url);
+  let fetched;
+  try {
+    // with a copy to fall back on, one try: offline, the page should not wait for retries first
+    fetched = await retrying(what, async () => {
+      const res = await fetch(url, { cache: 'no-cache', signal });
+      checkStatus(res, what, 'network');
+      return { text: await res.text(), type: res.headers.get('Content-Type') || 'no Content-Type' };
+    }, signal, kept ? 1 : ATTEMPTS);
+  } catch (err) {
+    if (!kept || !transientErrors.has(err)) throw err;
+    checkManifest(kept.manifest, url);
+    return { manifest: kept.manifest, text: kept.text, offline: true };
+  }
+  const { text, type } = fetched;
   let manifest;
   try {
     manifest = JSON.parse(text);
@@ -73,7 +89,7 @@ export async function loadManifest(url, signal) {
     throw notAManifest(url, `it is not JSON (${type}, starting ${start})`);
   }
   checkManifest(manifest, url);
-  return manifest;
+  return { manifest, text, offline: false };
 }
 
 const notAManifest = (url, why) => new ClearCutError('manifest',
@@ -98,6 +114,7 @@ function checkManifest(m, url) {
     [isObject(pre) && (typeof pre.scale === 'number' || pre.scale === 'max'), 'preprocessing.scale'],
     [isObject(out) && typeof out.input_name === 'string' && typeof out.output_name === 'string', 'output.input_name/output_name'],
     [isObject(m.runtime) && isObject(m.runtime.ort) && typeof m.runtime.ort_dir === 'string', 'runtime.ort/ort_dir'],
+    [isObject(m.files) && Object.values(m.files).every((f) => isObject(f) && typeof f.sha256 === 'string' && typeof f.bytes === 'number'), 'files'],
     [isObject(m.variants) && Object.keys(m.variants).length > 0, 'variants'],
     [isObject(m.variants) && typeof m.default_variant === 'string' && m.default_variant in m.variants, 'default_variant'],
   ];
@@ -125,7 +142,7 @@ function checkManifest(m, url) {
  * @returns {Promise<Uint8Array[]>}
  */
 export async function loadModel(parts, base, { signal, onProgress }) {
-  const cache = await caches.open(CACHE_NAME);
+  const cache = await openCache(CHUNK_CACHE);
   const download = { loaded: 0, total: parts.reduce((sum, p) => sum + p.bytes, 0) };
   const report = (delta, fromCache) => {
     download.loaded += delta;
@@ -156,22 +173,13 @@ async function loadFile(part, base, cache, signal, report) {
   return model;
 }
 
-async function sha256Hex(bytes) {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', bytes));
-  return Array.from(digest, (b) => b.toString(16).padStart(2, '0')).join('');
-}
-
 /** @param {Chunk} chunk */
 async function loadChunk(chunk, base, cache, signal, report) {
   const url = new URL(chunk.path, base).href;
-  const cached = await cache.match(url);
+  const cached = await cachedBytes(cache, url, chunk); // a damaged cache entry is dropped and fetched again
   if (cached) {
-    const bytes = new Uint8Array(await cached.arrayBuffer());
-    if (bytes.length === chunk.bytes && (await sha256Hex(bytes)) === chunk.sha256) {
-      report(bytes.length, true);
-      return bytes;
-    }
-    await cache.delete(url); // a damaged cache entry is dropped and fetched again
+    report(cached.length, true);
+    return cached;
   }
   const what = `model chunk ${chunk.path}`;
   const bytes = await retrying(what, async () => {
@@ -206,6 +214,59 @@ async function loadChunk(chunk, base, cache, signal, report) {
       throw err;
     }
   }, signal);
-  await cache.put(url, new Response(bytes, { headers: { 'Content-Type': 'application/octet-stream' } })).catch(() => {});
+  await putBytes(cache, url, bytes);
   return bytes;
+}
+
+/**
+ * A loader of the bundle's runtime and onnxruntime files (the manifest's `files`): verified bytes from the
+ * Cache API, else from the network (retried like chunks), checked against the manifest's sha256 and only then
+ * cached. A file that does not match is an `integrity` error and is neither used nor cached. Each path is
+ * loaded once per loader. Storing runs alongside the caller's work: `stored()` waits for it.
+ * @param {BundleManifest} manifest @param {string} base URL the paths are relative to @param {AbortSignal} signal
+ * @returns {((path: string) => Promise<Uint8Array>) & {stored: () => Promise<void>}}
+ */
+export function runtimeFiles(manifest, base, signal) {
+  const cache = openCache(FILE_CACHE);
+  const loads = new Map();
+  const puts = [];
+  const load = async (path) => {
+    const entry = manifest.files[path];
+    if (!entry) throw new ClearCutError('manifest', `The manifest lists no runtime file "${path}": rebuild the bundle.`);
+    const url = new URL(path, base).href;
+    const cached = await cachedBytes(await cache, url, entry);
+    if (cached) return cached;
+    const what = `runtime file ${path}`;
+    const bytes = await retrying(what, async () => {
+      const res = await fetch(url, { signal });
+      checkStatus(res, what, 'missing');
+      return new Uint8Array(await res.arrayBuffer());
+    }, signal);
+    const actual = await sha256Hex(bytes);
+    if (bytes.length !== entry.bytes || actual !== entry.sha256) {
+      throw new ClearCutError('integrity', `Runtime file ${path} failed its integrity check (${bytes.length} bytes, sha256 ${actual}; ` +
+        `the manifest lists ${entry.bytes} bytes, sha256 ${entry.sha256}): the file on the server is corrupt or was altered. ` +
+        'It was not used or cached; redeploy the bundle.');
+    }
+    puts.push(cache.then((c) => putBytes(c, url, bytes, CONTENT_TYPES[path.split('.').pop()])));
+    return bytes;
+  };
+  const file = (path) => {
+    if (!loads.has(path)) loads.set(path, load(path));
+    return loads.get(path);
+  };
+  return Object.assign(file, { stored: async () => { await Promise.all(puts); } });
+}
+
+/**
+ * Load (so: verify and cache) a module and everything it imports, e.g. the worker's module graph, which boot.js
+ * starts from the Cache API when the network is gone.
+ * @param {(path: string) => Promise<Uint8Array>} file a `runtimeFiles` loader @param {string} path
+ * @param {Set<string>} [seen] @returns {Promise<void>}
+ */
+export async function loadModuleGraph(file, path, seen = new Set()) {
+  if (seen.has(path)) return;
+  seen.add(path);
+  const source = new TextDecoder().decode(await file(path));
+  await Promise.all(relativeImports(path, source).map(([, dep]) => loadModuleGraph(file, dep, seen)));
 }

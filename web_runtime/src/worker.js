@@ -4,13 +4,16 @@
 // Messages in: {type: 'init' | 'cut' | 'memory', id, ...} answered by {id, result} or {id, error: {code, message}};
 // {type: 'cancel', id} (no answer). Out, unasked: {type: 'progress', phase, loaded, total, ...}.
 // There is no 'dispose' message: cutter.dispose() terminates the worker, which frees everything at once.
+// Once loaded it posts {type: 'ready', version} (boot.js waits for it, and compares the version with its own).
 import { ClearCutError, toWire } from './errors.js';
 import { wasmHeapBytes } from './engine.js';
 import { createOrtEngine } from './engine_ort.js';
-import { loadManifest, loadModel } from './loader.js';
+import { loadManifest, loadModel, loadModuleGraph, runtimeFiles } from './loader.js';
 import { createRunner } from './runners.js';
 import { DEFAULT_MAX_PIXELS } from './compose.js';
 import { cut } from './cut.js';
+import { keepManifest } from './store.js';
+import { VERSION } from './version.js';
 
 /** @typedef {import('./manifest').BundleManifest} BundleManifest */
 
@@ -54,31 +57,42 @@ self.onmessage = async ({ data: msg }) => {
   }
 };
 
-async function init({ manifestUrl, variant, backend, maxPixels, numThreads, warmup }) {
+async function init({ manifestUrl, baseUrl, variant, backend, maxPixels, numThreads, warmup }) {
   state.maxPixels = maxPixels || DEFAULT_MAX_PIXELS;
   state.loading = new AbortController();
   const { signal } = state.loading;
   const url = new URL(manifestUrl, self.location.href).href;
-  const manifest = await loadManifest(url, signal);
+  const { manifest, text, offline } = await loadManifest(url, signal);
   const name = variant || manifest.default_variant;
   const entry = manifest.variants[name];
   if (!entry) {
     throw new ClearCutError('variant', `Variant "${name}" is not in ${url}; available: ${Object.keys(manifest.variants).join(', ')}.`);
   }
-  const base = new URL('.', url).href;
-  const engine = await createOrtEngine({ manifest, variant: entry, base, backend, numThreads });
+  const base = baseUrl || new URL('.', url).href;
+  const file = runtimeFiles(manifest, base, signal);
   const parts = entry.stages || [entry];
-  const files = await loadModel(parts, base, { signal, onProgress: progress });
+  // onnxruntime, the model and the offline copies of this worker's modules load side by side
+  const [engine, files] = await Promise.all([
+    createOrtEngine({ manifest, variant: entry, file, backend, numThreads }),
+    loadModel(parts, base, { signal, onProgress: progress }),
+    loadModuleGraph(file, manifest.runtime.worker),
+  ]);
   const total = files.reduce((sum, f) => sum + f.length, 0);
   progress({ phase: 'session', loaded: total, total });
   const runner = await createRunner({ engine, manifest, parts, files, staged: !!entry.stages, onProgress: progress });
   if (warmup !== false) await runner.warmUp();
+  // Everything this manifest needs is verified and cached: it becomes the one to fall back on offline.
+  await file.stored();
+  if (!offline) await keepManifest(url, text, manifest, base);
   Object.assign(state, { manifest, runner, loading: null });
   return {
     result: {
       variant: name, backend: engine.backend, fallbackReason: engine.fallbackReason, threads: engine.threads,
-      crossOriginIsolated: self.crossOriginIsolated, model: manifest.model, inputSize: manifest.preprocessing.input_size,
+      threadsReason: engine.threadsReason, crossOriginIsolated: self.crossOriginIsolated, offline,
+      model: manifest.model, inputSize: manifest.preprocessing.input_size,
       stages: entry.stages ? entry.stages.map((s) => s.name) : null,
     },
   };
 }
+
+post({ type: 'ready', version: VERSION });
