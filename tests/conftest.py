@@ -69,3 +69,22 @@ def birefnet_tiny(tmp_path_factory):
     REGISTRY[config.name] = config
     yield config, path
     REGISTRY.pop(config.name, None)
+
+
+# One Playwright driver per test session: a second sync_playwright() inside a running one fails, so every test
+# that drives Chromium (tests/browser, publish) shares these.
+@pytest.fixture(scope="session")
+def playwright_instance():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance):
+    from web_runtime.chromium import launch
+
+    browser = launch(playwright_instance)
+    yield browser
+    browser.close()

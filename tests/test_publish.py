@@ -367,19 +367,20 @@ def test_clear_errors(bundle, weed, env, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out) == S3_CORS
 
 
-def test_chromium_runs_the_published_bundle_from_the_bucket(bundle, weed, env):
+def test_chromium_runs_the_published_bundle_from_the_bucket(bundle, weed, env, request):
     """The objects are stored brotli-compressed: Chromium decodes them in its HTTP layer (over plain http on
     127.0.0.1 too), the runtime's sha256 checks pass and a photo is cut."""
-    chromium = Path("/usr/bin/chromium")
-    if not chromium.exists():
+    from web_runtime.chromium import CHROMIUM
+
+    if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed (run `make setup-system`)")
-    playwright = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     site = S3Site(weed, "browser")
     report = _publish(bundle, site)
     assert report.problems == []
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(chromium), headless=True, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_context(bypass_csp=True).new_page()
+    context = request.getfixturevalue("browser").new_context(bypass_csp=True)
+    try:
+        page = context.new_page()
         accept = []
         page.on("request", lambda r: accept.append(r.all_headers().get("accept-encoding", "")))
         page.goto(f"{site.public_url}/{report.version}/index.html")
@@ -391,6 +392,7 @@ def test_chromium_runs_the_published_bundle_from_the_bucket(bundle, weed, env):
           const mask = await cutter.cut(canvas, { output: 'mask', format: 'raw' });
           return { width: mask.width, height: mask.height, variant: cutter.info.variant };
         }""")
-        browser.close()
+    finally:
+        context.close()
     assert result["width"] == 96 and result["height"] == 64
     assert any("br" in a for a in accept)

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from web_runtime.build_bundle import ORT_PACKAGE, build_bundle  # noqa: E402
-from web_runtime.chromium import CHROMIUM, launch  # noqa: E402
+from web_runtime.chromium import CHROMIUM  # noqa: E402
 from web_runtime.serve import NginxServer, find_nginx  # noqa: E402
 
 REAL_BUILD = REPO / "build" / "isnet-imgly"
@@ -107,21 +107,6 @@ def _truncate(path: Path) -> None:
 def server(web_root):
     with NginxServer(web_root) as srv:
         yield srv
-
-
-@pytest.fixture(scope="session")
-def playwright_instance():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="session")
-def browser(playwright_instance):
-    browser = launch(playwright_instance)
-    yield browser
-    browser.close()
 
 
 class Harness:
