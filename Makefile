@@ -13,7 +13,7 @@ EXPORT_ARGS := --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(
 DIST ?= dist
 PORT ?= 8080
 
-.PHONY: setup setup-python setup-system setup-web export bundle serve bench-web eval test clean list
+.PHONY: setup setup-python setup-system setup-web export bundle serve publish bench-web eval test clean list
 
 setup: setup-python setup-system setup-web
 
@@ -55,6 +55,12 @@ bundle: setup-python setup-web
 ## serve: dist/ on http://127.0.0.1:$(PORT)/ through nginx with the CDN headers
 serve: setup-python setup-system
 	$(PY) -m web_runtime.serve --dist $(DIST) --port $(PORT)
+
+## publish: dist/ → DEST=s3://bucket/prefix or DEST=folder as <version>/ + latest.json, then verified over HTTP(S)
+## (PUBLISH_ARGS: --dry-run, --prune, --public-url URL, --set-cors, --endpoint-url URL, ...; README "Publishing")
+publish: setup-python
+	@test -n "$(DEST)" || { echo 'usage: make publish DEST=s3://bucket/prefix|folder [PUBLISH_ARGS=...]' >&2; exit 2; }
+	$(PY) -m web_runtime.publish --dist $(DIST) $(DEST) $(PUBLISH_ARGS)
 
 ## bench-web: cold/warm cut per variant in headless Chromium vs native onnxruntime, WASM under Node and imgly
 bench-web: setup

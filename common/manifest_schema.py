@@ -94,7 +94,7 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
-class Output:
+class OutputSpec:
     select: list[int]
     sigmoid_in_model: bool
     minmax_normalize: bool
@@ -104,7 +104,7 @@ class Output:
 
 
 @dataclass(frozen=True)
-class Runtime:
+class RuntimeFiles:
     module: str
     worker: str
     ort: dict[str, str]  # backend → onnxruntime-web entry module
@@ -123,11 +123,11 @@ class BundleManifest:
     schema: str
     model: ModelInfo
     preprocessing: Preprocessing
-    output: Output
+    output: OutputSpec
     refine: dict[str, Any]  # web_runtime/refine.json, as is
     variants: dict[str, Variant]
     default_variant: str
-    runtime: Runtime
+    runtime: RuntimeFiles
     files: dict[str, FileEntry]
     versions: dict[str, Any]
     source: dict[str, Any]

@@ -1,7 +1,8 @@
-"""The `clearcut` command: list models, pull weights, export variants."""
+"""The `clearcut` command: list models, pull weights, export variants, cut photos, publish the bundle."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,36 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--out", default="build")
     p_exp.add_argument("--parity-images", default="", help="folder of photos for the parity gate")
     p_exp.add_argument("--calibration-images", default="", help="folder of photos for int8 calibration")
+    p_cut = sub.add_parser("cut", help="remove the background of photos on this machine (eval/cut.py)",
+                           description="Cut photos with a built variant, as the browser does. Outputs are "
+                           "OUT/<input path relative to what was named, without suffix>.<format>; on a name clash "
+                           "the first input is cut and the other fails. Exit 1 if any photo failed, 2 for bad usage.")
+    p_cut.add_argument("inputs", nargs="+", metavar="IN", help="photo files, folders or (quoted) glob patterns")
+    p_cut.add_argument("-o", "--out", required=True, help="output folder")
+    p_cut.add_argument("-r", "--recursive", action="store_true", help="also the images in subfolders of IN folders")
+    model = p_cut.add_mutually_exclusive_group()
+    model.add_argument("--build", help=f"build folder (default: build/{DEFAULT_MODEL} when it exists)")
+    model.add_argument("--bundle", help="bundle folder (dist/): chunks verified by sha256, run from memory")
+    p_cut.add_argument("--variant", help="default: the bundle's default_variant (for a build: the same rule)")
+    p_cut.add_argument("--output", choices=["cutout", "mask", "color"], default="cutout",
+                       help="cutout: transparent background (jpeg: on --color); mask: grey alpha; color: on --color")
+    p_cut.add_argument("--color", default="#ffffff", help="background colour #rgb or #rrggbb (default white)")
+    p_cut.add_argument("--format", choices=["png", "webp", "jpeg"], default="png")
+    p_cut.add_argument("--quality", type=int, default=92, help="webp/jpeg quality 1..100")
+    p_cut.add_argument("--refine", choices=["auto", "on", "off"],
+                       help="edge refinement + colour decontamination (default: the model's, auto: photo >= 2x input)")
+    p_cut.add_argument("--overwrite", action="store_true", help="cut again when the output exists (default: skip)")
+    p_cut.add_argument("--max-pixels", type=int, help="larger photos fail (default: eval.images.MAX_PIXELS)")
+    p_cut.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="onnxruntime threads")
+    sub.add_parser("publish", add_help=False, help="publish dist/ to a folder or s3://bucket/prefix (see `publish --help`)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["publish"]:
+        from web_runtime.publish import main as publish_main
+        return publish_main(argv[1:], prog="clearcut publish")
     args = parser.parse_args(argv)
+    if args.command == "cut":  # exit codes of its own: 1 when a photo failed, 2 for bad usage
+        from eval.cut import main as cut_main
+        return cut_main(args)
 
     from models.weights import WeightsError
     try:

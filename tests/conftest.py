@@ -21,6 +21,18 @@ def tiny_u2netp_weights(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, tiny_u2netp_weights) -> Path:
+    """`build/u2netp/` of that random-init U^2-NetP exported at 64 px (fp32, fp16), shared by the browser tests
+    and `clearcut cut`'s (test modules with a build of their own override it)."""
+    from export.pipeline import ExportOptions, run_export
+
+    root = tmp_path_factory.mktemp("tinybuild")
+    run_export(ExportOptions(config=get_model_config("u2netp"), variants=["fp32", "fp16"], weights=tiny_u2netp_weights,
+                             input_size=(64, 64), out_dir=root, latency_runs=1, log=lambda *_: None))
+    return root / "u2netp"
+
+
 @pytest.fixture()
 def cache(tmp_path, monkeypatch) -> Path:
     directory = tmp_path / "cache"
@@ -57,3 +69,22 @@ def birefnet_tiny(tmp_path_factory):
     REGISTRY[config.name] = config
     yield config, path
     REGISTRY.pop(config.name, None)
+
+
+# One Playwright driver per test session: a second sync_playwright() inside a running one fails, so every test
+# that drives Chromium (tests/browser, publish) shares these.
+@pytest.fixture(scope="session")
+def playwright_instance():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance):
+    from web_runtime.chromium import launch
+
+    browser = launch(playwright_instance)
+    yield browser
+    browser.close()

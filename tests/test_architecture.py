@@ -19,7 +19,8 @@ def test_import_contracts_are_kept():
 
 def test_bundling_serving_and_publishing_do_not_import_torch():
     # A fresh interpreter: this test process has torch loaded by other tests.
-    modules = ["web_runtime.build_bundle", "web_runtime.serve", "export.cli", "common.sessions", "quantize.recipes"]
+    modules = ["web_runtime.build_bundle", "web_runtime.serve", "web_runtime.publish", "export.cli", "common.sessions",
+               "quantize.recipes"]
     code = (f"import importlib, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

@@ -38,7 +38,10 @@ ORT_FILES = {
     "webgpu": ["ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"],
 }
 ORT_ENTRY = {"wasm": "ort.wasm.min.mjs", "webgpu": "ort.webgpu.min.mjs"}
-RUNTIME_FILES = ["clearcut.js", "worker.js", "imaging.js", "refine.js", "clearcut.d.ts"]
+RUNTIME_FILES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js", "worker.js", "loader.js", "engine.js",
+                 "engine_ort.js", "runners.js", "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts",
+                 "manifest.d.ts"]
+PAGE_MODULES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js"]  # the page's import graph (SRI in the demo)
 REFINE_PARAMS = HERE / "refine.json"  # edge-refinement constants (single source; eval/refine.py reads it too)
 DEMO_FILES = ["index.html", "demo.js", "demo.css"]
 
@@ -51,15 +54,25 @@ CSP = ("default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; worker-src 'se
 CACHE_IMMUTABLE = "public, max-age=31536000, immutable"
 CACHE_SHORT = "no-cache"  # always revalidated (ETag): the manifest and unhashed names must never go stale
 
+# Every bundle file may be used by a page on another origin (a site loading the runtime and model from a CDN):
+# CORS for its fetch()es, CORP cross-origin for loads under that page's COEP.
+CROSS_ORIGIN_SHARING = {
+    "Access-Control-Allow-Origin": "*",
+    "Cross-Origin-Resource-Policy": "cross-origin",
+}
 CROSS_ORIGIN_ISOLATION = {
     "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Embedder-Policy": "require-corp",
-    "Cross-Origin-Resource-Policy": "same-origin",
+    "Cross-Origin-Embedder-Policy": "require-corp",  # also needed on worker.js: a worker inherits nothing
+    **CROSS_ORIGIN_SHARING,
     "X-Content-Type-Options": "nosniff",
 }
 
+# A version folder written by `clearcut publish` (web_runtime/publish.py): `<runtime version>-<content digest>`.
+# Its name changes whenever any file in it does, so all of it is immutable but its entry points.
+PUBLISHED_VERSION_RE = r"[^/]+-[0-9a-f]{12}"
+
 MIME_TYPES = {
-    "text/html": ["html"], "text/css": ["css"], "application/javascript": ["js", "mjs"],
+    "text/html": ["html"], "text/css": ["css"], "text/javascript": ["js", "mjs"],  # RFC 9239
     "application/json": ["json"], "application/wasm": ["wasm"], "text/plain": ["ts", "txt"],
     "image/png": ["png"], "image/jpeg": ["jpg", "jpeg"], "image/webp": ["webp"], "image/gif": ["gif"],
     "image/svg+xml": ["svg"],
@@ -118,12 +131,20 @@ def _add_headers(cache: str, extra: dict[str, str] | None = None, indent: str = 
 
 def nginx_locations(ort_dir: str) -> str:
     """The `location` blocks a CDN origin or `make serve` needs (include inside a `server {}`)."""
+    page = {"Content-Security-Policy": CSP}
+    version = f'"/{PUBLISHED_VERSION_RE}/'
     return (
         "# ClearCut bundle: cross-origin isolation (wasm threads), immutable hashed files, CSP on the page.\n"
-        "location ~ ^/(chunks|" + ort_dir.replace(".", r"\.") + r")/ {" + "\n"
+        "# Folders written by `clearcut publish`: latest.json and each version's page and manifest revalidated,\n"
+        "# the rest of a version folder immutable (its name is derived from its contents).\n"
+        + 'location ~ "/latest\\.json$" {\n' + _add_headers(CACHE_SHORT) + "}\n"
+        + f'location ~ {version}(index\\.html)?$" {{\n' + _add_headers(CACHE_SHORT, page) + "}\n"
+        + f'location ~ {version}manifest\\.json$" {{\n' + _add_headers(CACHE_SHORT) + "}\n"
+        + f'location ~ {version}" {{\n' + _add_headers(CACHE_IMMUTABLE) + "}\n"
+        + "location ~ ^/(chunks|" + ort_dir.replace(".", r"\.") + r")/ {" + "\n"
         + _add_headers(CACHE_IMMUTABLE) + "}\n"
-        + "location = / {\n" + _add_headers(CACHE_SHORT, {"Content-Security-Policy": CSP}) + "}\n"
-        + "location = /index.html {\n" + _add_headers(CACHE_SHORT, {"Content-Security-Policy": CSP}) + "}\n"
+        + "location = / {\n" + _add_headers(CACHE_SHORT, page) + "}\n"
+        + "location = /index.html {\n" + _add_headers(CACHE_SHORT, page) + "}\n"
         + "location / {\n" + _add_headers(CACHE_SHORT) + "}\n"
     )
 
@@ -278,7 +299,7 @@ def _stamp_demo(root: Path, files: dict) -> None:
     """Put the CSP and SRI hashes into the demo page (module scripts loaded from the page carry `integrity`)."""
     html = (root / "index.html").read_text()
     html = html.replace("{{CSP}}", CSP.replace("; frame-ancestors 'none'", ""))  # not allowed in <meta>
-    for name in ("clearcut.js", "demo.js", "demo.css", "imaging.js"):
+    for name in ("demo.js", "demo.css", *PAGE_MODULES):
         digest = files.get(name, {}).get("integrity")
         if digest is None and (root / name).exists():
             digest = sri((root / name).read_bytes())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -46,7 +47,7 @@ http {{
     sendfile on;
     etag on;
     gzip on;
-    gzip_types application/javascript application/json application/wasm text/css text/plain;
+    gzip_types text/javascript application/json application/wasm text/css text/plain;
     server {{
         listen 127.0.0.1:{port};
         root {root};
@@ -116,6 +117,14 @@ def _guess_ort_dir(root: Path) -> str:
     return found[0] if found else "ort"
 
 
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP reached `make serve`."""
+
+
+def _raise_stopped(signum: int, _frame) -> None:
+    raise _Stopped(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="web_runtime.serve", description=__doc__.split("\n")[0])
     parser.add_argument("--dist", default="dist")
@@ -124,13 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.dist) / "manifest.json").exists():
         print(f"error: {args.dist}/manifest.json missing: run `make bundle` first")
         return 1
-    server = NginxServer(Path(args.dist), args.port).start()
-    print(f"ClearCut demo on {server.url}/  (Ctrl-C to stop)", flush=True)
+    # nginx runs as our child: without these handlers a SIGTERM (kill, systemd, a process manager) or SIGHUP
+    # (closed terminal) would end Python without `finally` and leave nginx serving. Installed before nginx
+    # starts, so a signal during startup stops it too.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stopped)
+    server = NginxServer(Path(args.dist), args.port)
     try:
+        server.start()
+        print(f"ClearCut demo on {server.url}/  (Ctrl-C to stop)", flush=True)
         server.process.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         pass
     finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the shutdown short
         server.stop()
     return 0
 

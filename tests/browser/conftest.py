@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from web_runtime.build_bundle import ORT_PACKAGE, build_bundle  # noqa: E402
-from web_runtime.chromium import CHROMIUM, launch  # noqa: E402
+from web_runtime.chromium import CHROMIUM  # noqa: E402
 from web_runtime.serve import NginxServer, find_nginx  # noqa: E402
 
 REAL_BUILD = REPO / "build" / "isnet-imgly"
@@ -47,23 +46,6 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "tests/browser" in str(item.fspath):
                 item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def tiny_build(tmp_path_factory) -> Path:
-    """`build/u2netp/` of a random-init U^2-NetP exported at 64 px (fp32, fp16)."""
-    import torch
-    from models.architectures import build_model
-    from models.registry import get_model_config
-
-    root = tmp_path_factory.mktemp("tinybuild")
-    torch.manual_seed(0)
-    model = build_model(get_model_config("u2netp"))
-    torch.save(model.state_dict(), root / "u2netp_rand.pth")
-    subprocess.run([sys.executable, "-m", "export.cli", "export", "--model", "u2netp", "--weights",
-                    str(root / "u2netp_rand.pth"), "--size", "64", "--variants", "fp32,fp16", "--out", str(root)],
-                   check=True, cwd=REPO, capture_output=True)
-    return root / "u2netp"
 
 
 def real_manifest() -> dict | None:
@@ -127,21 +109,6 @@ def server(web_root):
         yield srv
 
 
-@pytest.fixture(scope="session")
-def playwright_instance():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="session")
-def browser(playwright_instance):
-    browser = launch(playwright_instance)
-    yield browser
-    browser.close()
-
-
 class Harness:
     """A page on the test origin with helpers to load a cutter and cut images given as bytes."""
 
@@ -154,6 +121,7 @@ class Harness:
         self.page.goto(self.base_url + path)
 
     def load(self, bundle: str = "tiny", **options) -> dict:
+        """createCutter for a bundle folder of the test origin (`tiny`) or a folder URL (`http://…/`)."""
         return self.page.evaluate(LOAD_JS, [bundle, options])
 
     def cut(self, data: bytes, **options) -> dict:
@@ -168,10 +136,11 @@ class Harness:
 
 
 LOAD_JS = """async ([bundle, options]) => {
-  const m = await import(`/${bundle}/clearcut.js`);
+  const base = bundle.includes('://') ? bundle : `/${bundle}/`;  // a bundle folder of this origin, or a URL
+  const m = await import(`${base}clearcut.js`);
   window.progressEvents = [];
   try {
-    window.cutter = await m.createCutter({ manifestUrl: `/${bundle}/manifest.json`,
+    window.cutter = await m.createCutter({ manifestUrl: `${base}manifest.json`,
       onProgress: (p) => window.progressEvents.push(p), ...options });
     return { ok: true, ...window.cutter.info };
   } catch (e) {

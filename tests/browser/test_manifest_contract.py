@@ -2,11 +2,16 @@
 unchanged, and a manifest that does not fit is refused with the field named."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 
+from common import manifest_schema
 from common.manifest_schema import ManifestError, parse_bundle_manifest, to_json
+
+from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +40,22 @@ def test_a_manifest_that_does_not_fit_is_refused_with_the_field_named(tiny_manif
     damage(broken)
     with pytest.raises(ManifestError, match=message):
         parse_bundle_manifest(broken, "manifest.json")
+
+
+def _typescript_interfaces(text: str) -> dict[str, dict[str, bool]]:
+    """`interface Name { field?: type; }` → {Name: {field: optional}} (one field per line, as the file keeps it)."""
+    interfaces = {}
+    for name, body in re.findall(r"export interface (\w+) \{\n(.*?)\n\}", text, re.S):
+        fields = re.findall(r"^\s+'?([\w-]+)'?(\??):", body, re.M)
+        interfaces[name] = {field: bool(optional) for field, optional in fields}
+    return interfaces
+
+
+def test_manifest_d_ts_declares_the_python_contract():
+    declared = _typescript_interfaces((REPO / "web_runtime" / "src" / "manifest.d.ts").read_text())
+    contract_classes = [c for c in vars(manifest_schema).values()
+                        if dataclasses.is_dataclass(c) and c.__module__ == manifest_schema.__name__]
+    assert {c.__name__ for c in contract_classes} <= set(declared), "manifest.d.ts lacks an interface"
+    for cls in contract_classes:
+        python = {f.name: bool(f.metadata.get("omit_if_none")) for f in dataclasses.fields(cls)}
+        assert declared[cls.__name__] == python, cls.__name__

@@ -86,3 +86,4 @@ def test_abort_model_load(harness):
       try { await pending; return { ok: true }; } catch (e) { return { ok: false, code: e.code, name: e.name, message: e.message }; }
     }""")
     assert not result["ok"], result
+    assert result["name"] == "ClearCutError" and result["code"] == "aborted", result  # not a bare DOMException

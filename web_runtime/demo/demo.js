@@ -70,8 +70,10 @@ try {
         : `Downloading the model${p.fromCache ? ' (from cache)' : ''}: ${(p.loaded / 1048576).toFixed(1)} / ${(p.total / 1048576).toFixed(1)} MiB`);
     },
   });
-  const { model, variant, backend, threads } = cutter.info;
-  $('model').textContent = `Model ${model.name} (${variant}, ${backend}${threads ? `, ${threads} threads` : ''}). ${model.licence_note}`;
+  const { model, variant, backend, threads, threadsReason, offline } = cutter.info;
+  $('model').textContent = `Model ${model.name} (${variant}, ${backend}${threads ? `, ${threads} thread${threads > 1 ? 's' : ''}` : ''}). ` +
+    `${model.licence_note}${offline ? ' Offline: using the copy kept from an earlier visit.' : ''}`;
+  if (threadsReason) $('model').title = `One thread: ${threadsReason}.`;
   $('progress').value = 1;
   status('Ready: choose or drop an image.');
   document.body.dataset.state = 'ready';

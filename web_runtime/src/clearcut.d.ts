@@ -20,7 +20,16 @@ export interface Progress {
 }
 
 export interface CutterOptions {
-  /** URL of the bundle's manifest.json (default: `manifest.json` next to the page). */
+  /**
+   * The ClearCut bundle's folder (like imgly's `publicPath`), e.g. `https://cdn.example.com/clearcut/0.1.0-a104325fa025/`:
+   * `manifest.json`, `worker.js` and every file the manifest lists (onnxruntime, model chunks) are resolved
+   * against it. Needed when clearcut.js was bundled into an app (npm) and the bundle is served elsewhere; it
+   * may be on another origin (the worker then starts through a blob: module worker: the page's CSP needs
+   * `worker-src blob:`). Default: none — the manifest next to the page, the worker next to clearcut.js, the
+   * manifest's paths relative to the manifest.
+   */
+  baseUrl?: string | URL;
+  /** URL of the bundle's manifest.json (default: `manifest.json` in `baseUrl`, else next to the page). */
   manifestUrl?: string;
   /** Variant name from the manifest (default: the manifest's `default_variant`). */
   variant?: string;
@@ -34,14 +43,15 @@ export interface CutterOptions {
    * then as fast as later ones instead of paying onnxruntime's first-run setup. */
   warmup?: boolean;
   onProgress?: (progress: Progress) => void;
-  /** Aborts the model download. */
+  /** Aborts the model download: rejects with the signal's reason if one was given, else code `aborted`. */
   signal?: AbortSignal;
-  /** Worker script URL (default: `worker.js` next to this module). */
+  /** Worker script URL (default: `worker.js` in `baseUrl`, else next to this module). */
   workerUrl?: string | URL;
 }
 
 export interface CutOptions {
-  /** `cutout` (transparent background, default), `mask` (grey alpha), `color` (on a solid colour). */
+  /** `cutout` (transparent background, default), `mask` (grey alpha), `color` (on a solid colour). In all
+   * three the alpha is min(input alpha, model mask): what the input already hides stays hidden. */
   output?: Output;
   /** Background colour `#rrggbb` for `color` output and for `jpeg` cutouts (default `#ffffff`). */
   color?: string;
@@ -56,8 +66,8 @@ export interface CutOptions {
    * measurably helps), off for smaller photos. `true`/`false` force it.
    */
   refine?: boolean | 'auto';
+  /** Aborts the cut: rejects with the signal's reason if one was given, else code `aborted`. */
   signal?: AbortSignal;
-  /** Filled with the model inference time of this cut. */
   /** Filled in after the cut: milliseconds per stage inside the worker. */
   timing?: { decodeMs?: number; preprocessMs?: number; inferenceMs?: number; postprocessMs?: number; encodeMs?: number; totalMs?: number;
     /** Staged variants: per graph, its session creation and run time and the WASM heap size after it. */
@@ -69,8 +79,15 @@ export interface CutterInfo {
   backend: 'wasm' | 'webgpu';
   /** Why `auto` did not use WebGPU, or why WebGPU fell back to WASM. */
   fallbackReason: string | null;
+  /** WASM threads (onnxruntime's pthread workers + its own); `null` on WebGPU. */
   threads: number | null;
+  /** Why WASM runs on one thread, e.g. the page is not cross-origin isolated (no COOP/COEP headers), or
+   * `numThreads: 1` was asked; `null` when it runs on several (or on WebGPU). */
+  threadsReason: string | null;
   crossOriginIsolated: boolean;
+  /** The network failed and the last manifest that loaded completely from this URL was used, with its
+   * runtime, onnxruntime and model files from the Cache API; a new bundle is picked up once it is back. */
+  offline: boolean;
   model: { name: string; licence: string; licence_note: string; description: string };
   inputSize: [number, number];
   /** Names of the graphs a staged variant runs in sequence, one session at a time; `null`: one graph. */
@@ -86,6 +103,8 @@ export interface Cutter {
   cut(input: CutInput, options?: CutOptions): Promise<Blob>;
   /** Bytes of the worker's wasm memory (onnxruntime heap). */
   memory(): Promise<number>;
+  /** Terminates the worker, freeing the model and its memory at once; pending and later calls reject with
+   * code `state`. Calling it again does nothing. */
   dispose(): void;
 }
 
@@ -95,3 +114,6 @@ export class ClearCutError extends Error {
 }
 
 export function createCutter(options?: CutterOptions): Promise<Cutter>;
+
+/** The runtime's version (package.json's); the worker of the bundle at `baseUrl` must have the same major.minor. */
+export const VERSION: string;

@@ -1,15 +1,6 @@
 // Pure image helpers shared by the worker: format sniffing and a Pillow-exact separable resize.
 // No DOM, no model constants: the model's numbers come from the bundle manifest.
-
-/** Error with a stable `code` so callers can branch without parsing messages. */
-export class ClearCutError extends Error {
-  /** @param {string} code @param {string} message */
-  constructor(code, message) {
-    super(message);
-    this.name = 'ClearCutError';
-    this.code = code;
-  }
-}
+import { ClearCutError } from './errors.js';
 
 const u16be = (b, i) => (b[i] << 8) | b[i + 1];
 const u16le = (b, i) => b[i] | (b[i + 1] << 8);

@@ -18,7 +18,7 @@
 //    transparent pixel, F = F̂ + α(I − αF̂ − (1 − α)B̂), so edges keep the subject's colour, not the old
 //    background's.
 
-import { ClearCutError } from './imaging.js';
+import { ClearCutError } from './errors.js';
 
 const DIVISION_GUARD = 1e-5;
 const PARTIAL_LOW = 0.5 / 255; // pixels whose 8-bit alpha is neither 0 nor 255 get decontaminated colours
@@ -28,7 +28,7 @@ const PARTIAL_HIGH = 1 - 0.5 / 255;
  * Whether a cut refines: the caller's `refine` option when given (true/false), else the manifest's
  * `refine.default`: true, false, or "auto" (refine when the mask is upsampled at least `auto_min_upscale`
  * times from the model's input to the photo, where refinement measurably helps).
- * @param {boolean|'auto'|undefined} requested @param {any} params manifest.refine
+ * @param {boolean|'auto'|undefined} requested @param {import('./manifest').RefineParams | undefined} params manifest.refine
  * @param {number} width @param {number} height @param {number[]} inputSize model input [h, w]
  */
 export function wantRefine(requested, params, width, height, inputSize) {
