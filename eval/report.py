@@ -12,6 +12,9 @@ from common.files import atomic_write_bytes
 
 # A variant is "within the quality bound" when its quality score is at most this far below the best row.
 QUALITY_BOUND = 0.01
+# The default a bundle should ship: the smallest download whose quality score is at most this far below fp32's
+# (issue 11: weighted F vs ground truth within 0.003 of fp32).
+DEFAULT_TOLERANCE = 0.003
 GALLERY_MAX_SIDE = 320
 
 
@@ -28,15 +31,29 @@ def quality_score(row: dict) -> float:
     return row["quality"]["weighted_f"] if row.get("quality") else row["parity"]["iou_mean"]
 
 
+def wire_bytes(row: dict) -> int:
+    """Bytes a first visit downloads for the row's model with the CDN's brotli: a coded variant ships its
+    ``.ccw`` container, every other variant its ONNX file (gzip where brotli was not measured)."""
+    size = row["size"]
+    coded = (size.get("ccw") or {}).get("brotli_bytes")
+    return coded or size.get("brotli_bytes") or size["gzip_bytes"] or size["bytes"]
+
+
 def recommend(report: dict) -> dict:
     onnx = [r for r in report["rows"] if r["kind"] == "onnx"]
     best = max(onnx, key=quality_score)
     within = [r for r in onnx if quality_score(r) >= quality_score(best) - QUALITY_BOUND]
-    smallest = min(within, key=lambda r: (r["size"]["gzip_bytes"], r["size"]["bytes"]))
+    smallest = min(within, key=lambda r: (wire_bytes(r), r["size"]["bytes"]))
     fastest = min(onnx, key=lambda r: r["latency"]["median_ms"])
     score = "weighted F vs ground truth" if best.get("quality") else "IoU@0.5 vs fp32"
-    return {"smallest_within_bound": smallest["name"], "best_quality": best["name"], "fastest": fastest["name"],
-            "score": score, "bound": QUALITY_BOUND}
+    found = {"smallest_within_bound": smallest["name"], "best_quality": best["name"], "fastest": fastest["name"],
+             "score": score, "bound": QUALITY_BOUND}
+    reference = next((r for r in onnx if r["name"] == report.get("reference")), None)
+    if reference is not None:
+        holding = [r for r in onnx if quality_score(r) >= quality_score(reference) - DEFAULT_TOLERANCE]
+        found["default"] = min(holding, key=lambda r: (wire_bytes(r), r["size"]["bytes"]))["name"]
+        found["default_tolerance"] = DEFAULT_TOLERANCE
+    return found
 
 
 def table(report: dict) -> str:
@@ -115,7 +132,7 @@ def _markdown(report: dict, rec: dict) -> str:
 
     def describe(name):
         r = rows[name]
-        return (f"`{name}` ({_mb(r['size']['gzip_bytes'])} MB gzip, {quality_score(r):.4f} {rec['score']}, "
+        return (f"`{name}` ({_mb(wire_bytes(r))} MB brotli on the wire, {quality_score(r):.4f} {rec['score']}, "
                 f"{r['latency']['median_ms']:.0f} ms CPU, IoU@0.5 vs fp32 mean {r['parity']['iou_mean']:.4f} / worst "
                 f"{r['parity']['iou_worst']:.4f} on {r['parity']['worst_image']})")
 
@@ -126,6 +143,8 @@ def _markdown(report: dict, rec: dict) -> str:
              f"after one warm-up (torch row: wall time per image during the run).", "",
              table(report), "",
              "## Recommendation", "",
+             *([f"- **default** (smallest download within {rec['default_tolerance']} of {report['reference']}'s "
+                f"{rec['score']}): {describe(rec['default'])}"] if "default" in rec else []),
              f"- smallest download within {rec['bound']} of the best {rec['score']}: {describe(rec['smallest_within_bound'])}",
              f"- best quality: {describe(rec['best_quality'])}",
              f"- fastest: {describe(rec['fastest'])}", "",
@@ -156,12 +175,23 @@ def _plots(report: dict, out: Path, rec: dict) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in report["rows"] if r["kind"] in ("onnx", "peer")]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in shown:
-        x, y = r["size"]["gzip_bytes"] / 1e6, quality_score(r)
-        ax.scatter([x], [y], marker="o" if r["kind"] == "onnx" else "x")
-        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 5))
-    ax.set_xlabel("download, gzip (MB)")
+        x, y = wire_bytes(r) / 1e6, quality_score(r)
+        coded = bool(r["size"].get("ccw"))
+        style = ("x", "tab:red") if r["kind"] == "peer" else (("o", "tab:blue") if coded else ("s", "tab:gray"))
+        ax.scatter([x], [y], marker=style[0], color=style[1], zorder=3)
+        label = r["name"] + (" (default)" if r["name"] == rec.get("default") else "")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    frontier = sorted((wire_bytes(r) / 1e6, quality_score(r)) for r in shown if r["size"].get("ccw"))
+    if len(frontier) > 1:
+        ax.plot(*zip(*frontier), color="tab:blue", alpha=0.5, zorder=2)
+    reference = next((r for r in shown if r["name"] == report.get("reference")), None)
+    if reference is not None and "default_tolerance" in rec:
+        ax.axhline(quality_score(reference) - rec["default_tolerance"], color="tab:green", ls="--", lw=1,
+                   label=f"{report['reference']} − {rec['default_tolerance']}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel("model download with brotli (MB; coded variants: their .ccw container)")
     ax.set_ylabel(rec["score"])
     ax.set_title(f"{report['model']}: size vs quality")
     ax.grid(alpha=0.3)

@@ -56,38 +56,6 @@ class QdqConv:
     bias_scale: str | None
 
 
-def float_head(model: onnx.ModelProto) -> int:
-    """Remove, in place, the QuantizeLinear/DequantizeLinear pairs between the last Conv and each graph output
-    (IS-Net: the logits, their upsampling and the sigmoid's alpha). onnxruntime's static int8 quantizes the
-    logits on a uint8 grid (a step of 0.21 for IS-Net), so every pixel within ±0.1 of the 0.5 cut is decided by
-    rounding; in float the head costs one Conv of one output channel. Returns the pairs removed."""
-    graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    outputs = {o.name for o in graph.output}
-    pairs = []
-    for output in outputs:
-        tensor = output
-        while tensor in producer and producer[tensor].op_type != "Conv":
-            node = producer[tensor]
-            upstream = producer.get(node.input[0])
-            if node.op_type == "DequantizeLinear" and upstream is not None and upstream.op_type == "QuantizeLinear":
-                pairs.append((upstream, node))
-                tensor = upstream.input[0]
-            else:
-                tensor = node.input[0]
-    for quantize, dequantize in pairs:
-        source, target = quantize.input[0], dequantize.output[0]
-        graph.node.remove(quantize)
-        graph.node.remove(dequantize)
-        for node in graph.node:
-            if target in outputs:  # a graph output keeps its name: the float tensor takes it
-                node.output[:] = [target if o == source else o for o in node.output]
-                node.input[:] = [target if i == source else i for i in node.input]
-            else:
-                node.input[:] = [source if i == target else i for i in node.input]
-    return len(pairs)
-
-
 def qdq_convs(model: onnx.ModelProto) -> dict[str, QdqConv]:
     """Node name → the Conv's quantized initializers, for Convs whose weight is DequantizeLinear(int8 init)."""
     producer = {o: n for n in model.graph.node for o in n.output}

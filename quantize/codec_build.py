@@ -27,7 +27,7 @@ from common.onnx_graph import save_model
 from models.weights import cache_dir
 from quantize import ccw
 from quantize.codec import (DAMP, DAMP_MAX, DAMP_MIN, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply,
-                            code_layer, container_tensors, float_head, layers_of, widths_for)
+                            code_layer, container_tensors, layers_of, widths_for)
 from quantize.codec_sensitivity import PROBE_BITS, group_of, measure_sensitivity
 from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, conv_specs, load_moments,
                                   save_moments)
@@ -45,7 +45,6 @@ class CodecSettings:
     damp: float = DAMP
     refits: int = REFITS
     keep_first_last: bool = True  # the first Conv (sees the image) and the last (the alpha head) stay int8
-    float_head: bool = True  # no int8 rounding of the logits and alpha after the last Conv (codec.float_head)
     sensitivity: bool = True  # weight layer errors by their stage's measured effect on alpha (codec_sensitivity)
 
 
@@ -145,7 +144,6 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     build manifest records."""
     fp32_model = onnx.load(str(fp32))
     int8 = onnx.load(str(int8_base))
-    head = float_head(int8) if settings.float_head else 0
     layers = layers_of(fp32_model, int8)
     specs = [layer.spec for layer in layers]
     del fp32_model
@@ -159,7 +157,7 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
     groups = {}
     if settings.sensitivity:
-        groups = sensitivity_for(int8, layers, table, _key(key, head, PROBE_BITS), sensitivity_photos(photos), load,
+        groups = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS), sensitivity_photos(photos), load,
                                  list(fixed), log)
     weight = {node: groups.get(group_of(node), 1.0) for node in sizes}
     rates = {}
@@ -193,7 +191,6 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
                                                     "int8_error": float(f"{table[layer.spec.node][8].error:.4g}")}
                                   for layer in layers},
                        "sensitivity": {g: float(f"{v:.4g}") for g, v in groups.items()}},
-        "float_head_pairs_removed": head,
         "settings": asdict(settings),
     }
 
@@ -226,11 +223,12 @@ def _brotli_size(data: bytes, quality: int = 9) -> int | None:
 
 # ---------------------------------------------------------------- the recipe
 
-def int8_base(fp32: Path, target: Path, variant: str, calibration_fingerprint: dict, make: Callable[[Path], None],
+def int8_base(fp32: Path, target: Path, variant: str, int8_params: dict, make: Callable[[Path], None],
               log: Callable[[str], None]) -> tuple[Path, str]:
     """The static int8 graph the coded variant starts from: the build's own int8 variant file when the build
-    manifest shows it was made from this fp32 graph with the same calibration and onnxruntime (and the file
-    is intact), else made by ``make`` into a temporary file. Returns (path, "reused" | "made")."""
+    manifest shows it was made from this fp32 graph with the same recipe parameters (``int8_params``: the
+    calibration photos, the float head) and onnxruntime (and the file is intact), else made by ``make`` into a
+    temporary file. Returns (path, "reused" | "made")."""
     from importlib.metadata import version
 
     sibling = target.with_name(target.name.replace(f".{variant}.", ".int8.", 1))
@@ -241,7 +239,7 @@ def int8_base(fp32: Path, target: Path, variant: str, calibration_fingerprint: d
             out = record.get("outputs", {}).get("int8", {})
             if (out.get("path") == sibling.name and out.get("sha256") == sha256_file(sibling)
                     and record.get("inputs", {}).get("fp32") == sha256_file(fp32)
-                    and record.get("params") == {"calibration": dict(calibration_fingerprint)}
+                    and record.get("params") == int8_params
                     and record.get("tools", {}).get("onnxruntime") == version("onnxruntime")):
                 log(f"  codec: int8 base {sibling.name} (from this build)")
                 return sibling, "reused"
@@ -256,13 +254,13 @@ def photo_hashes(photos: Sequence[Path]) -> dict[str, str]:
 
 
 def make_coded_variant(fp32: Path, target: Path, variant: str, calibration, settings: CodecSettings,
-                       log: Callable[[str], None] = print) -> dict:
+                       int8_params: dict, log: Callable[[str], None] = print) -> dict:
     """The recipe: ``calibration`` (quantize.recipes.Calibration) sets the int8 base's activation ranges, as
     for the int8 variant; its photos plus data/calib-photos give the conv input statistics."""
     from common.contract import INPUT_NAME
     from quantize.static_int8 import to_int8_static
 
-    base, how = int8_base(fp32, target, variant, calibration.fingerprint,
+    base, how = int8_base(fp32, target, variant, int8_params,
                           lambda out: to_int8_static(fp32, out, calibration.images, calibration.load, INPUT_NAME), log)
     try:
         photos = codec_photos(calibration.images)

@@ -47,6 +47,10 @@ def _int8_weights(fp32: Path, target: Path, config: ModelConfig, _: Calibration)
     to_int8_weights(fp32, target, config.int8w_keep_fp16)
 
 
+def _int8_params(_: ModelConfig, calibration: Calibration) -> dict:
+    return {"calibration": dict(calibration.fingerprint), "head": "float"}
+
+
 def _int8_static(fp32: Path, target: Path, _: ModelConfig, calibration: Calibration) -> None:
     from quantize.static_int8 import to_int8_static
     to_int8_static(fp32, target, calibration.images, calibration.load, INPUT_NAME)
@@ -61,9 +65,10 @@ def coded_recipe(name: str, budget: float) -> Recipe:
     """The int8 QDQ graph with its conv weights on per-row palettes below 8 bits, ``budget`` entropy-coded bits
     per weight on average (quantize/codec.py). The variant file is the decoded graph; its ``.ccw`` container
     (what the bundle ships) is written beside it and recorded in the step's result."""
-    def make(fp32: Path, target: Path, _: ModelConfig, calibration: Calibration) -> dict:
+    def make(fp32: Path, target: Path, config: ModelConfig, calibration: Calibration) -> dict:
         from quantize.codec_build import CodecSettings, make_coded_variant
-        return make_coded_variant(fp32, target, name, calibration, CodecSettings(budget))
+        return make_coded_variant(fp32, target, name, calibration, CodecSettings(budget),
+                                  int8_params=_int8_params(config, calibration))
 
     def params(_: ModelConfig, calibration: Calibration) -> dict:
         from quantize.codec_build import CODEC_VERSION, CodecSettings, codec_photos, photo_hashes
@@ -91,8 +96,8 @@ register_recipe(Recipe(
     "int8w", "weight-only int8, per-output-channel scales, fp32 compute", _int8_weights,
     lambda config, _: {"keep_fp16": list(config.int8w_keep_fp16)}))
 register_recipe(Recipe(
-    "int8", "static int8 QDQ: per-channel weights, entropy-calibrated activations", _int8_static,
-    lambda _, calibration: {"calibration": dict(calibration.fingerprint)}))
+    "int8", "static int8 QDQ: per-channel weights, entropy-calibrated activations, float head", _int8_static,
+    _int8_params))
 for _name, _budget in CODED_VARIANTS.items():
     register_recipe(coded_recipe(_name, _budget))
 register_recipe(Recipe(

@@ -196,3 +196,18 @@ def test_rerun_skips_the_coded_steps(coded_build):
     assert any("codec: conv input moments" in line for line in logs)
     for variant in ("int8p2", "int8p3"):
         assert f"[variant:{variant}] unchanged, skipped" in again
+
+
+def test_int8_keeps_its_head_in_float(coded_build):
+    """No int8 rounding between the last Conv and the outputs (quantize.static_int8.keep_head_float): the
+    logits' uint8 grid decided every pixel near the 0.5 cut."""
+    build, data, _, _ = coded_build
+    for variant in ("int8", "int8p3"):
+        model = onnx.load(str(build / data["variants"][variant]["path"]))
+        producer = {o: n for n in model.graph.node for o in n.output}
+        for output in model.graph.output:
+            tensor, seen = output.name, []
+            while producer[tensor].op_type != "Conv":
+                seen.append(producer[tensor].op_type)
+                tensor = producer[tensor].input[0]
+            assert not {"QuantizeLinear", "DequantizeLinear"} & set(seen), (variant, output.name, seen)

@@ -1,0 +1,86 @@
+"""What a first visit downloads: the bytes a page transfers before its first cut, with the CDN's compression.
+
+A first visit fetches the runtime modules, onnxruntime-web's entry module, its glue module and its wasm for the
+backend in use, and the chosen variant's model chunks (a coded variant: its ``.ccw`` container's chunks). Sizes on
+the wire are what ``make publish`` stores: brotli where it saves ≥ 3 % (``publish.Compressor``, cached by sha256).
+`make bench-web` checks this list against the requests Chromium really makes, and measures imgly's the same way.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from common.files import sha256_file
+from web_runtime.publish import BROTLI_QUALITY, Compressor, Item, listed_files
+
+DEMO_FILES = {"demo.js", "demo.css", "index.html"}
+# onnxruntime-web files per backend, besides the entry module the manifest names (runtime.ort[backend])
+ENGINE_FILES = {"wasm": ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
+                "webgpu": ("ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")}
+
+
+@dataclass
+class Transfer:
+    """Raw and on-the-wire bytes of a set of files, by part (runtime, engine, model)."""
+    parts: dict[str, list[int]] = field(default_factory=dict)  # part → [raw bytes, wire bytes, files]
+
+    def add(self, part: str, raw: int, wire: int) -> None:
+        row = self.parts.setdefault(part, [0, 0, 0])
+        row[0] += raw
+        row[1] += wire
+        row[2] += 1
+
+    @property
+    def raw(self) -> int:
+        return sum(r[0] for r in self.parts.values())
+
+    @property
+    def wire(self) -> int:
+        return sum(r[1] for r in self.parts.values())
+
+    def line(self) -> str:
+        return (f"{self.wire / 1e6:.1f} MB on the wire ({self.raw / 1e6:.1f} MB raw): "
+                + ", ".join(f"{part} {w / 1e6:.1f} MB" for part, (_, w, _) in self.parts.items()))
+
+
+def first_visit_files(manifest: dict, variant: str | None = None, backend: str = "wasm") -> dict[str, str]:
+    """Bundle-relative path → part ("runtime", "engine", "model") of every file a first visit fetches."""
+    variant = variant or manifest["default_variant"]
+    runtime = manifest["runtime"]
+    ort_dir = runtime["ort_dir"]
+    files = {}
+    for rel in manifest["files"]:
+        path = PurePosixPath(rel)
+        if len(path.parts) == 1 and path.suffix == ".js" and rel not in DEMO_FILES:
+            files[rel] = "runtime"
+    files[runtime["ort"][backend]] = "engine"
+    for name in ENGINE_FILES[backend]:
+        files[f"{ort_dir}/{name}"] = "engine"
+    chosen = manifest["variants"][variant]
+    for part in chosen.get("stages") or [chosen]:
+        files.update({c["path"]: "model" for c in part.get("chunks") or []})
+    files["manifest.json"] = "runtime"
+    return files
+
+
+def measure(root: Path, files: dict[str, str], quality: int = BROTLI_QUALITY) -> Transfer:
+    """Raw and brotli (as `make publish` stores them) bytes of ``files`` under ``root``."""
+    compressor = Compressor(quality)
+    found = Transfer()
+    for rel, part in files.items():
+        path = Path(root) / rel
+        size = path.stat().st_size
+        wire, _ = compressor.size(Item(rel, size, sha256_file(path), source=path))
+        found.add(part, size, wire)
+    return found
+
+
+def first_visit(dist: Path, variant: str | None = None, backend: str = "wasm") -> Transfer:
+    """The bundle in ``dist``: what a first visit with ``variant`` (default: the bundle's) transfers."""
+    manifest = json.loads((Path(dist) / "manifest.json").read_text())
+    files = first_visit_files(manifest, variant, backend)
+    unknown = sorted(set(files) - set(listed_files(manifest)) - {"manifest.json"})
+    if unknown:
+        raise ValueError(f"{dist}: the manifest does not list {unknown}")
+    return measure(dist, files)
