@@ -13,7 +13,7 @@ EXPORT_ARGS := --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(
 DIST ?= dist
 PORT ?= 8080
 
-.PHONY: setup setup-python setup-system setup-web export bundle serve publish bench-web eval test clean list
+.PHONY: setup setup-python setup-system setup-web export bundle serve publish bench-web bench-ccw eval test clean list
 
 setup: setup-python setup-system setup-web
 
@@ -65,6 +65,10 @@ publish: setup-python
 ## bench-web: cold/warm cut per variant in headless Chromium vs native onnxruntime, WASM under Node and imgly
 bench-web: setup
 	$(PY) -m bench.web --dist $(DIST) --build build/$(MODEL) $(BENCH_ARGS)
+
+## bench-ccw: decode time of a .ccw weight container with IS-Net's ~44M conv weights in headless Chromium
+bench-ccw: setup-python setup-system
+	$(PY) -m bench.ccw_decode $(BENCH_ARGS)
 
 ## eval: compare built variants on size, parity, quality (DATA=folder with images/ + masks/) and speed
 eval: setup-python

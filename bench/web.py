@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 size, threads = manifest["preprocessing"]["input_size"], r["threads"] or 1
                 native = native_ms(path, size, threads, args.repeats)
                 node = node_wasm_ms(path, size, threads, args.repeats, manifest["variants"][name].get("session_config", {}))
-            rows.append((name, manifest["variants"][name]["bytes"], r, native, node))
+            entry = manifest["variants"][name]
+            rows.append((name, (entry.get("coded") or entry)["bytes"], r, native, node))  # model bytes downloaded
     finally:
         import shutil
         shutil.rmtree(dist / "_bench", ignore_errors=True)

@@ -16,7 +16,8 @@ from typing import Any, Union
 
 from common.contract import BUNDLE_SCHEMA
 
-# Fields that are left out of the JSON when they are None (a variant has either chunks or stages).
+# Fields that are left out of the JSON when they are None (a variant has either chunks or stages; `coded` only
+# when its chunks are a weight container).
 OMIT_IF_NONE = {"omit_if_none": True}
 
 
@@ -56,8 +57,21 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Coded:
+    """A variant shipped as a weight container (quantize/ccw.py): its `chunks` are the container's, which the
+    runtime decodes into the variant's ONNX bytes (`Variant.bytes`, `Variant.sha256`) before the session."""
+
+    format: str  # "ccw1"
+    bytes: int  # of the container
+    sha256: str  # of the container
+
+
+CODED_FORMATS = ("ccw1",)
+
+
+@dataclass(frozen=True)
 class Variant:
-    bytes: int
+    bytes: int  # of the ONNX file (decoded, for a coded variant)
     sha256: str | None = field(default=None, metadata=OMIT_IF_NONE)  # absent for staged variants
     gzip_bytes: int | None = None
     parity: Parity | None = None
@@ -67,10 +81,16 @@ class Variant:
     webgpu_features: list[str] = field(default_factory=list)
     chunks: list[Chunk] | None = field(default=None, metadata=OMIT_IF_NONE)  # one graph
     stages: list[Stage] | None = field(default=None, metadata=OMIT_IF_NONE)  # or graphs run in sequence
+    coded: Coded | None = field(default=None, metadata=OMIT_IF_NONE)  # chunks are a weight container
 
     def __post_init__(self):
         if (self.chunks is None) == (self.stages is None):
             raise ManifestError("a variant lists either chunks (one graph) or stages (graphs run in sequence)")
+        if self.coded is not None:
+            if self.chunks is None or self.sha256 is None:
+                raise ManifestError("a coded variant lists its container's chunks and the decoded graph's sha256")
+            if self.coded.format not in CODED_FORMATS:
+                raise ManifestError(f"coded.format {self.coded.format!r} is not one of {list(CODED_FORMATS)}")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ browser runtime cuts them (web_runtime/src/worker.js), without a browser and wit
 
 The model comes from a build folder (`build/<model>/`, its manifest names each variant's ONNX file and sha256)
 or a bundle (`dist/`: each variant's chunks are read, checked against their sha256, joined, checked against
-the graph's sha256 and run from memory with the manifest's session settings). A build runs its variant's whole
+the graph's sha256 and run from memory with the manifest's session settings; a coded variant's chunks are a
+weight container, decoded with quantize.ccw and checked the same way). A build runs its variant's whole
 graph; a bundle's staged variant runs stage by stage (``run_stages``), its sessions opened once for all photos
 (native memory is not the browser's 4 GB WASM heap). A photo is cut like this:
 
@@ -45,6 +46,7 @@ from common.sessions import cpu_session, run_stages
 from eval.images import MAX_PIXELS, ImageError, alpha_to_image_size, load_rgb, preprocess
 from eval.refine import load_params, refine, want_refine
 from models.registry import DEFAULT_MODEL, Preprocessing
+from quantize import ccw
 from web_runtime.build_bundle import _default_variant
 
 DEFAULT_BUILD = Path("build") / DEFAULT_MODEL
@@ -124,7 +126,8 @@ def load_bundle(bundle_dir: Path, variant: str | None = None, threads: int = 2) 
 
 
 def _join_chunks(root: Path, part, what: str) -> bytes:
-    """A graph's bytes from its chunks, refused unless every chunk and the whole match their sha256."""
+    """A graph's bytes from its chunks, refused unless every chunk and the whole match their sha256. A coded
+    variant's chunks are its weight container: decoded (quantize/ccw.py), the result checked the same way."""
     data = bytearray()
     inside = root.resolve()
     for chunk in part.chunks:
@@ -141,6 +144,16 @@ def _join_chunks(root: Path, part, what: str) -> bytes:
                              f"sha256 {actual}; the manifest lists {chunk.bytes} bytes, {chunk.sha256}): the bundle "
                              "is corrupt or was altered, refused")
         data += block
+    coded = getattr(part, "coded", None)
+    if coded is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if len(data) != coded.bytes or actual != coded.sha256:
+            raise ModelError(f"variant {what} of {root}: the joined chunks ({len(data)} bytes, sha256 {actual}) are "
+                             f"not the weight container the manifest lists ({coded.bytes} bytes, {coded.sha256}): refused")
+        try:
+            data = ccw.decode(bytes(data))
+        except ccw.ContainerError as err:
+            raise ModelError(f"variant {what} of {root}: {err}: refused") from None
     actual = hashlib.sha256(data).hexdigest()
     if len(data) != part.bytes or (part.sha256 and actual != part.sha256):
         raise ModelError(f"variant {what} of {root}: the joined chunks ({len(data)} bytes, sha256 {actual}) are "

@@ -33,6 +33,39 @@ def tiny_build(tmp_path_factory, tiny_u2netp_weights) -> Path:
     return root / "u2netp"
 
 
+@pytest.fixture(scope="session")
+def coded_build(tmp_path_factory, tiny_u2netp_weights):
+    """fp32 + int8 + two coded budgets (int8p2, int8p3: `.ccw` containers beside their ONNX) of a random-init
+    U^2-NetP at 64 px; the codec cut to widths 2, 3, 4 and no refit (speed), its statistics on the parity photos
+    only. Exported twice (the second run's log shows what was skipped). Shared by tests/test_codec.py and the
+    browser delivery tests: (build folder, export result, first log, second log)."""
+    import dataclasses
+    import functools
+
+    from export.pipeline import ExportOptions, run_export
+    from models.registry import ParityThresholds
+    from quantize import codec, codec_build
+    from quantize.recipes import ALL_VARIANTS
+
+    loose = {v: ParityThresholds(max_abs=1e-4) if v == "fp32" else ParityThresholds(iou_mean=0.0) for v in ALL_VARIANTS}
+    config = dataclasses.replace(get_model_config("u2netp"), thresholds=loose)
+    out = tmp_path_factory.mktemp("coded")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLEARCUT_CACHE", str(out / "cache"))
+        patch.setattr(codec, "WIDTHS", (2, 3, 4, 8))
+        patch.setattr(codec_build, "WIDTHS", (2, 3, 4, 8))
+        patch.setattr(codec_build, "REPO_PHOTOS", None)
+        patch.setattr(codec_build, "CodecSettings", functools.partial(codec_build.CodecSettings, refits=0))
+        logs: list[str] = []
+        options = ExportOptions(config=config, variants=["fp32", "int8", "int8p2", "int8p3"],
+                                weights=tiny_u2netp_weights, input_size=(64, 64), out_dir=out, latency_runs=1,
+                                log=logs.append)
+        data = run_export(options)
+        again: list[str] = []
+        run_export(dataclasses.replace(options, log=again.append))
+    return out / "u2netp", data, logs, again
+
+
 @pytest.fixture()
 def cache(tmp_path, monkeypatch) -> Path:
     directory = tmp_path / "cache"

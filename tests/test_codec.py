@@ -2,8 +2,6 @@
 coded variant through the export pipeline's gate (random-init U^2-NetP at 64 px)."""
 from __future__ import annotations
 
-import dataclasses
-import functools
 import hashlib
 import json
 
@@ -114,32 +112,7 @@ def test_allocation_meets_the_budget_and_keeps_fixed_layers():
 
 # ---------------------------------------------------------------- through the pipeline
 
-@pytest.fixture(scope="module")
-def coded_build(tmp_path_factory, tiny_u2netp_weights):
-    """fp32 + int8 + two coded budgets of a random-init U^2-NetP at 64 px; the codec cut to widths 2, 3, 4
-    and no refit (speed), its statistics on the parity photos only."""
-    from export.pipeline import ExportOptions, run_export
-    from models.registry import ParityThresholds, get_model_config
-    from quantize import codec, codec_build
-    from quantize.recipes import ALL_VARIANTS
-
-    loose = {v: ParityThresholds(max_abs=1e-4) if v == "fp32" else ParityThresholds(iou_mean=0.0) for v in ALL_VARIANTS}
-    config = dataclasses.replace(get_model_config("u2netp"), thresholds=loose)
-    out = tmp_path_factory.mktemp("coded")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("CLEARCUT_CACHE", str(out / "cache"))
-        patch.setattr(codec, "WIDTHS", (2, 3, 4, 8))
-        patch.setattr(codec_build, "WIDTHS", (2, 3, 4, 8))
-        patch.setattr(codec_build, "REPO_PHOTOS", None)
-        patch.setattr(codec_build, "CodecSettings", functools.partial(codec_build.CodecSettings, refits=0))
-        logs: list[str] = []
-        options = ExportOptions(config=config, variants=["fp32", "int8", "int8p2", "int8p3"],
-                                weights=tiny_u2netp_weights, input_size=(SIZE, SIZE), out_dir=out, latency_runs=1,
-                                log=logs.append)
-        data = run_export(options)
-        again: list[str] = []
-        run_export(dataclasses.replace(options, log=again.append))
-    return out / "u2netp", data, logs, again
+# `coded_build` (tests/conftest.py): shared with the browser delivery tests, built once per session.
 
 
 def test_coded_variants_pass_the_gate_with_their_containers(coded_build):

@@ -4,7 +4,10 @@
 
 The bundle's `manifest.json` copies preprocessing and output description from the build manifest (the single
 source of truth): the JS runtime holds no model constants. Model variants are split into chunks named by their
-sha256; the runtime verifies each chunk before use. The output folder is replaced atomically.
+sha256; the runtime verifies each chunk before use. A coded variant (its weights below 8 bits, a `.ccw`
+container beside its ONNX, quantize/ccw.py) ships as that container's chunks, marked `coded`; the runtime
+decodes them into the exact ONNX bytes the build gated and checks their sha256 before the session. The output
+folder is replaced atomically.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from common.contract import BUNDLE_SCHEMA
 from common.files import sha256_file, sri
 from common.manifest_schema import ManifestError, parse_bundle_manifest, to_json
 from common.onnx_graph import load_graph, runtime_session_config, webgpu_features
+from quantize import ccw
 
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
@@ -39,7 +43,7 @@ ORT_FILES = {
 }
 ORT_ENTRY = {"wasm": "ort.wasm.min.mjs", "webgpu": "ort.webgpu.min.mjs"}
 RUNTIME_FILES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js", "worker.js", "loader.js", "engine.js",
-                 "engine_ort.js", "runners.js", "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts",
+                 "engine_ort.js", "runners.js", "ccw.js", "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts",
                  "manifest.d.ts"]
 PAGE_MODULES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js"]  # the page's import graph (SRI in the demo)
 REFINE_PARAMS = HERE / "refine.json"  # edge-refinement constants (single source; eval/refine.py reads it too)
@@ -164,10 +168,32 @@ def _checked_graph(build_dir: Path, entry: dict, manifest_path: Path) -> tuple[P
     return onnx_path, load_graph(onnx_path)
 
 
+def _container(build_dir: Path, build: dict, name: str, entry: dict) -> Path | None:
+    """The `.ccw` container the build recorded for variant `name`, checked: its file's sha256 is the recorded
+    one and it decodes (by its header) to the variant's ONNX sha256 and length. None for a plain variant."""
+    info = ((build.get("stages") or {}).get(f"variant:{name}", {}).get("result") or {}).get("container")
+    if not info:
+        return None
+    path = build_dir / info["path"]
+    if not path.is_file() or sha256_file(path) != info["sha256"]:
+        raise BundleError(f"{path} is missing or differs from the sha256 the build recorded; re-run the export")
+    try:
+        onnx_sha, onnx_length, _, _ = ccw.read_header(path.read_bytes())
+    except ccw.ContainerError as err:
+        raise BundleError(f"{path}: {err}") from None
+    if onnx_sha.hex() != entry["sha256"] or onnx_length != entry["bytes"]:
+        raise BundleError(f"{path} decodes to {onnx_length} bytes, sha256 {onnx_sha.hex()}, not variant {name}'s "
+                          f"{entry['bytes']} bytes, {entry['sha256']}; re-run the export")
+    return path
+
+
 def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = None,
                  backends: tuple[str, ...] = ("wasm", "webgpu"), chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 stages: bool = True) -> dict:
+                 stages: bool = True, coded: bool = True) -> dict:
     """Write the bundle for `build_dir` into `out_dir` (atomically replaced); return its manifest.
+
+    A coded variant ships as its `.ccw` container's chunks (`coded` in its entry) unless `coded` is False: it
+    then ships as its decoded ONNX file like any other variant.
 
     A build variant exported as browser stages (graphs run one after another, one session at a time) ships
     as those stages unless `stages` is False: its bundle entry then lists `stages` in run order, each with
@@ -222,14 +248,19 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
                 }
                 continue
             onnx_path, graph = _checked_graph(build_dir, entry, manifest_path)
+            container = _container(build_dir, build, name, entry) if coded else None
+            shipped = container or onnx_path
             out_variants[name] = {
                 "bytes": entry["bytes"], "sha256": entry["sha256"], "gzip_bytes": entry.get("gzip_bytes"),
                 "parity": entry.get("parity"), "cpu_latency_ms": entry.get("cpu_latency_ms"),
                 "backends": list(backends),
                 "session_config": runtime_session_config(graph),
                 "webgpu_features": webgpu_features(graph),
-                "chunks": split_variant(onnx_path, tmp / "chunks", chunk_bytes),
+                "chunks": split_variant(shipped, tmp / "chunks", chunk_bytes),
             }
+            if container is not None:
+                out_variants[name]["coded"] = {"format": "ccw1", "bytes": container.stat().st_size,
+                                               "sha256": sha256_file(container)}
 
         (tmp / ort_dir).mkdir()
         ort_files = sorted({f for b in backends for f in ORT_FILES[b]})
@@ -316,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-mib", type=float, default=DEFAULT_CHUNK_BYTES / MIB)
     parser.add_argument("--single-graph", action="store_true",
                         help="ship the one-graph form of variants the build also has as browser stages")
+    parser.add_argument("--plain", action="store_true",
+                        help="ship coded variants as their decoded ONNX instead of their .ccw weight container")
     args = parser.parse_args(argv)
     backends = tuple(b for b in args.backends.split(",") if b)
     bad = [b for b in backends if b not in ORT_FILES]
@@ -324,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         manifest = build_bundle(Path(args.build), Path(args.out), [v for v in args.variants.split(",") if v] or None,
-                                backends, int(args.chunk_mib * MIB), stages=not args.single_graph)
+                                backends, int(args.chunk_mib * MIB), stages=not args.single_graph,
+                                coded=not args.plain)
     except (BundleError, ManifestError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -333,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in manifest["variants"].items():
         parts = v.get("stages") or [v]
         staged = f" ({len(parts)} stages, run in sequence)" if "stages" in v else ""
+        if "coded" in v:
+            staged = f" ({v['coded']['bytes'] / MIB:.1f} MiB {v['coded']['format']} container, decoded in the worker)"
         print(f"  {name:<6} {v['bytes'] / MIB:8.1f} MiB in {sum(len(p['chunks']) for p in parts)} chunk(s){staged}")
     return 0
 

@@ -77,13 +77,15 @@ def test_manifest_url_that_is_not_json(harness):
     assert "JSON.parse" not in result["message"] and "Unexpected token" not in result["message"], result
 
 
-@pytest.mark.parametrize("case", ["wrong schema", "no schema", "missing fields"])
+@pytest.mark.parametrize("case", ["wrong schema", "no schema", "missing fields", "unknown weight coding"])
 def test_manifest_of_the_wrong_shape(harness, web_root, case):
     manifest = json.loads((web_root / "tiny" / "manifest.json").read_text())
     if case == "wrong schema":
         manifest["schema"] = "clearcut.bundle/99"
     elif case == "no schema":
         manifest = {"hello": "world"}
+    elif case == "unknown weight coding":
+        manifest["variants"]["fp32"]["coded"] = {"format": "ccw9", "bytes": 1, "sha256": "0" * 64}
     else:
         del manifest["output"]["output_name"]
         del manifest["variants"]["fp32"]["chunks"]
@@ -97,7 +99,8 @@ def test_manifest_of_the_wrong_shape(harness, web_root, case):
     assert result["name"] == "ClearCutError" and result["code"] == "manifest", result
     assert f"/shapes/{folder.name}/manifest.json is not a ClearCut bundle manifest" in result["message"], result
     expected = {"wrong schema": "clearcut.bundle/99", "no schema": 'no "schema"',
-                "missing fields": "output.input_name/output_name, variants.fp32.chunks"}[case]
+                "missing fields": "output.input_name/output_name, variants.fp32.chunks",
+                "unknown weight coding": 'variant fp32 is coded as "ccw9" and this runtime decodes "ccw1"'}[case]
     assert expected in result["message"], result
 
 

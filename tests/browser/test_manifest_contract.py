@@ -33,6 +33,8 @@ def test_written_manifest_round_trips(tiny_manifest):
     (lambda m: m.update(schema="clearcut.bundle/0"), r"schema 'clearcut.bundle/0'"),
     (lambda m: m.update(default_variant="int4"), r"default_variant 'int4'"),
     (lambda m: m["variants"]["fp32"].update(stages=[]), r"either chunks .* or stages"),
+    (lambda m: m["variants"]["fp32"].update(coded={"format": "ccw9", "bytes": 1, "sha256": "0" * 64}),
+     r"variants\.fp32: coded\.format 'ccw9' is not one of \['ccw1'\]"),
     (lambda m: m["output"].update(extra=1), r"output: unknown field\(s\) \['extra'\]"),
 ])
 def test_a_manifest_that_does_not_fit_is_refused_with_the_field_named(tiny_manifest, damage, message):

@@ -67,6 +67,7 @@ try {
     onProgress: (p) => {
       $('progress').value = p.total ? p.loaded / p.total : 0;
       status(p.phase === 'session' ? 'Preparing the model…' : p.phase === 'warmup' ? 'Warming up the model…'
+        : p.phase === 'decode' ? 'Decoding weights…'
         : `Downloading the model${p.fromCache ? ' (from cache)' : ''}: ${(p.loaded / 1048576).toFixed(1)} / ${(p.total / 1048576).toFixed(1)} MiB`);
     },
   });

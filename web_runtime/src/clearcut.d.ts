@@ -10,9 +10,11 @@ export type ErrorCode =
 export interface Progress {
   type: 'progress';
   /** `download`: model bytes (from the network or the Cache API); `session`: compiling the model;
-   * `warmup`: one run on a blank input so that the first real cut is as fast as the next ones;
-   * `stage`: a cut of a staged variant entering graph `stage` (`null` when the last one is done). */
-  phase: 'download' | 'session' | 'warmup' | 'stage';
+   * `decode`: decoding weights — a coded variant's weight container rebuilt into the model (loaded / total
+   * coded weights), after its download; `warmup`: one run on a blank input so that the first real cut is as
+   * fast as the next ones; `stage`: a cut of a staged variant entering graph `stage` (`null` when the last one
+   * is done). */
+  phase: 'download' | 'decode' | 'session' | 'warmup' | 'stage';
   stage?: string | null;
   loaded: number;
   total: number;

@@ -1,12 +1,14 @@
 // Getting the bundle's bytes: the manifest (checked for shape; the last good one when the network is gone), the
 // model chunks and the runtime/onnxruntime files (sha256-verified, kept in the Cache API by store.js), with one
-// retry policy and download progress. Knows nothing of the inference engine.
+// retry policy and download progress. A coded variant's chunks hold a weight container (ccw.js): decoded and
+// verified here, and only then cached. Knows nothing of the inference engine.
+import { CCW_FORMAT, decodeContainer } from './ccw.js';
 import { ClearCutError, aborted, isAbort } from './errors.js';
 import { CHUNK_CACHE, FILE_CACHE, cachedBytes, lastGoodManifest, openCache, putBytes, relativeImports, sha256Hex } from './store.js';
 
 /** @typedef {import('./manifest').BundleManifest} BundleManifest */
 /** @typedef {import('./manifest').Chunk} Chunk */
-/** @typedef {{phase: 'download', loaded: number, total: number, fromCache: boolean}} DownloadProgress */
+/** @typedef {{phase: 'download', loaded: number, total: number, fromCache: boolean} | {phase: 'decode', loaded: number, total: number}} DownloadProgress */
 
 export const SCHEMA = 'clearcut.bundle/1';
 const ATTEMPTS = 3;
@@ -126,6 +128,13 @@ function checkManifest(m, url) {
     checks.push([isObject(v) && typeof v.bytes === 'number', `variants.${name}.bytes`]);
     checks.push([parts.length > 0 && parts.every((p) => isObject(p) && isChunks(p.chunks) && typeof p.bytes === 'number'),
       `variants.${name}.${staged ? 'stages[].chunks' : 'chunks'}`]);
+    if (v?.coded !== undefined) {
+      checks.push([isObject(v.coded) && typeof v.coded.bytes === 'number' && typeof v.sha256 === 'string' && !staged,
+        `variants.${name}.coded`]);
+      if (isObject(v.coded) && v.coded.format !== CCW_FORMAT) {
+        throw notAManifest(url, `variant ${name} is coded as ${JSON.stringify(v.coded.format)} and this runtime decodes "${CCW_FORMAT}" (rebuild the bundle with this runtime)`);
+      }
+    }
     if (staged) {
       checks.push([v.stages.every((s) => typeof s.name === 'string' && isNames(s.inputs) && isNames(s.outputs)),
         `variants.${name}.stages[].name/inputs/outputs`]);
@@ -136,45 +145,68 @@ function checkManifest(m, url) {
 }
 
 /**
- * Bytes of each model file of a variant (one, or one per stage), each assembled from its verified chunks.
- * @param {{bytes: number, chunks?: Chunk[]}[]} parts the variant, or its stages @param {string} base URL the chunk paths are relative to
+ * Bytes of each model file of a variant (one, or one per stage), each assembled from its verified chunks. A coded
+ * variant's chunks are its weight container: decoded into the graph's bytes, checked against the container's
+ * and the manifest's sha256, and only then are its chunks cached; when the decode or a check fails, none of
+ * them is kept (those already cached are deleted) and the load fails with `integrity`.
+ * @param {{bytes: number, sha256?: string, chunks?: Chunk[], coded?: import('./manifest').Coded}[]} parts
+ *   the variant, or its stages @param {string} base URL the chunk paths are relative to
  * @param {{signal: AbortSignal, onProgress: (p: DownloadProgress) => void}} io
  * @returns {Promise<Uint8Array[]>}
  */
 export async function loadModel(parts, base, { signal, onProgress }) {
   const cache = await openCache(CHUNK_CACHE);
-  const download = { loaded: 0, total: parts.reduce((sum, p) => sum + p.bytes, 0) };
+  const download = { loaded: 0, total: parts.reduce((sum, p) => sum + (p.coded?.bytes ?? p.bytes), 0) };
   const report = (delta, fromCache) => {
     download.loaded += delta;
     onProgress({ phase: 'download', loaded: download.loaded, total: download.total, fromCache });
   };
+  const store = (url, bytes) => putBytes(cache, url, bytes);
   const files = [];
-  for (const part of parts) files.push(await loadFile(part, base, cache, signal, report));
+  for (const part of parts) {
+    if (!part.coded) {
+      files.push(await loadFile(part.bytes, part.chunks ?? [], base, { cache, signal, report, store }));
+      continue;
+    }
+    const verified = []; // [url, bytes] of chunks that matched their sha256, cached once the decode is verified
+    const container = await loadFile(part.coded.bytes, part.chunks ?? [], base,
+      { cache, signal, report, store: (url, bytes) => { verified.push([url, bytes]); } });
+    let model;
+    try {
+      model = await decodeContainer(container, part, (p) => onProgress({ phase: 'decode', ...p }));
+    } catch (err) {
+      await Promise.all((part.chunks ?? []).map((c) => cache?.delete(new URL(c.path, base).href).catch(() => {})));
+      throw err;
+    }
+    await Promise.all(verified.map(([url, bytes]) => store(url, bytes)));
+    files.push(model);
+  }
   return files;
 }
 
-async function loadFile(part, base, cache, signal, report) {
-  const model = new Uint8Array(part.bytes);
-  const chunks = part.chunks ?? [];
+async function loadFile(bytes, chunks, base, io) {
+  const model = new Uint8Array(bytes);
   const offsets = [];
   let offset = 0;
   for (const c of chunks) { offsets.push(offset); offset += c.bytes; }
-  if (offset !== part.bytes) {
-    throw new ClearCutError('manifest', `The manifest's chunk sizes (${offset} bytes) do not add up to the model's ${part.bytes} bytes: rebuild the bundle.`);
+  if (offset !== bytes) {
+    throw new ClearCutError('manifest', `The manifest's chunk sizes (${offset} bytes) do not add up to the model's ${bytes} bytes: rebuild the bundle.`);
   }
   let next = 0;
   const worker = async () => {
     while (next < chunks.length) {
       const index = next++;
-      model.set(await loadChunk(chunks[index], base, cache, signal, report), offsets[index]);
+      model.set(await loadChunk(chunks[index], base, io), offsets[index]);
     }
   };
   await Promise.all(Array.from({ length: Math.min(PARALLEL_CHUNKS, chunks.length) }, worker));
   return model;
 }
 
-/** @param {Chunk} chunk */
-async function loadChunk(chunk, base, cache, signal, report) {
+/** @param {Chunk} chunk @param {string} base
+ * @param {{cache: Cache | null, signal: AbortSignal, report: (delta: number, fromCache: boolean) => void,
+ *          store: (url: string, bytes: Uint8Array) => any}} io `store`: what to do with verified network bytes */
+async function loadChunk(chunk, base, { cache, signal, report, store }) {
   const url = new URL(chunk.path, base).href;
   const cached = await cachedBytes(cache, url, chunk); // a damaged cache entry is dropped and fetched again
   if (cached) {
@@ -214,7 +246,7 @@ async function loadChunk(chunk, base, cache, signal, report) {
       throw err;
     }
   }, signal);
-  await putBytes(cache, url, bytes);
+  await store(url, bytes);
   return bytes;
 }
 

@@ -63,7 +63,8 @@ export interface RefineParams {
   fg_radius_small: number;
 }
 
-/** One model variant: either one graph (`chunks`) or graphs run in sequence (`stages`). */
+/** One model variant: either one graph (`chunks`) or graphs run in sequence (`stages`). With `coded`, the
+ * chunks are a weight container the runtime decodes into the graph's `bytes` (sha256 `sha256`). */
 export interface Variant {
   bytes: number;
   sha256?: string;
@@ -75,6 +76,14 @@ export interface Variant {
   webgpu_features: string[];
   chunks?: Chunk[];
   stages?: Stage[];
+  coded?: Coded;
+}
+
+/** The chunks of a coded variant hold a weight container of this format (quantize/ccw.py; src/ccw.js decodes it). */
+export interface Coded {
+  format: 'ccw1';
+  bytes: number;
+  sha256: string;
 }
 
 export type Backend = 'wasm' | 'webgpu';
