@@ -48,9 +48,10 @@ class CodecSettings:
     sensitivity: bool = True  # weight layer errors by their stage's measured effect on alpha (codec_sensitivity)
 
 
-def codec_photos(build_photos: Sequence[Path], extra: Path | None = REPO_PHOTOS) -> list[Path]:
+def codec_photos(build_photos: Sequence[Path]) -> list[Path]:
     """The photos whose conv inputs the codec measures: the repository's unlabelled calibration set
-    (data/calib-photos, when present) and the build's calibration photos, each once."""
+    (``REPO_PHOTOS``, data/calib-photos, when present) and the build's calibration photos, each once."""
+    extra = REPO_PHOTOS
     repo = sorted(p for p in extra.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES) if extra and extra.is_dir() else []
     return list({p.resolve(): p for p in [*repo, *build_photos]}.values())
 
