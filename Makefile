@@ -73,6 +73,7 @@ bench-ccw: setup-python setup-system
 ## eval: compare built variants on size, parity, quality (DATA=folder with images/ + masks/) and speed
 eval: setup-python
 	$(PY) -m eval.run --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(DATA),--data $(DATA)) $(EVAL_ARGS)
+	$(PY) -m web_runtime.first_visit --dist $(DIST)
 
 ## test: the whole suite (unit, pipeline on a small model, real weights once, browser)
 test: setup

@@ -84,3 +84,27 @@ def first_visit(dist: Path, variant: str | None = None, backend: str = "wasm") -
     if unknown:
         raise ValueError(f"{dist}: the manifest does not list {unknown}")
     return measure(dist, files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m web_runtime.first_visit", description=__doc__.split("\n")[0])
+    parser.add_argument("--dist", type=Path, default=Path("dist"))
+    parser.add_argument("--backend", default="wasm", choices=sorted(ENGINE_FILES))
+    args = parser.parse_args(argv)
+    if not (args.dist / "manifest.json").is_file():
+        print(f"first visit: no bundle in {args.dist} (`make bundle` writes one)", file=sys.stderr)
+        return 0
+    manifest = json.loads((args.dist / "manifest.json").read_text())
+    print(f"First visit of {args.dist} ({manifest['model']['name']}, {args.backend}), with brotli as `make publish` "
+          "stores it:")
+    for variant in manifest["variants"]:
+        mark = " (default)" if variant == manifest["default_variant"] else ""
+        print(f"  {variant + mark:<18} {first_visit(args.dist, variant, args.backend).line()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
