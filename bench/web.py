@@ -267,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ours_cold = {v: r["cold"] for v, _, r, _, _ in rows}
     if ours_cold and peer_rows:
         default = manifest["default_variant"] if manifest["default_variant"] in ours_cold else next(iter(ours_cold))
+        load = next(r["load"] for v, _, r, _, _ in rows if v == default)
         print(f"cold first cut (createCutter/first removeBackground → first PNG, fresh context): ours {default} "
+              f"{ours_cold[default] / 1000:.2f} s (cutter ready {load / 1000:.2f} s + cut {(ours_cold[default] - load) / 1000:.2f} s) = "
               + ", ".join(f"{ours_cold[default] / r['cold']:.2f}× imgly {m}'s" for m, r in peer_rows))
     if peers and peer_problem:
         print(f"peer (@imgly/background-removal 1.7.0) not measured: {peer_problem}")

@@ -228,3 +228,20 @@ COLD_JS = """async ([cutAtOnce, warmup]) => {
 def test_cold_start_runs_no_warm_up_ahead_of_a_waiting_cut(harness, case, expected):
     events = harness.page.evaluate(COLD_JS, [case == "cut at once", False if case == "warmup off" else None])
     assert events == expected
+
+
+def test_dropped_files_start_a_batch(demo, photo_folder):
+    """Files dropped on the page (a DataTransfer, as a drag from the desktop gives) go through the same batch."""
+    page, errors = demo
+    root, names = photo_folder
+    photos = [base64.b64encode((root / n).read_bytes()).decode() for n in names[:3]]
+    page.evaluate("""(photos) => {
+      const transfer = new DataTransfer();
+      photos.forEach((b64, i) => transfer.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))],
+        `dropped${i}.png`, { type: 'image/png' })));
+      document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }""", photos)
+    page.wait_for_selector("body[data-batch=done]", timeout=60_000)
+    assert [(r["name"], r["status"]) for r in _rows(page)] == [(f"dropped{i}.png", "done") for i in range(3)]
+    assert sorted(_download_zip(page).namelist()) == [f"dropped{i}.png" for i in range(3)]
+    assert errors == [], errors

@@ -10,18 +10,26 @@ const THUMB = 48;
 /** Files of a dropped or picked folder that look like images (by type or name); the rest is skipped. */
 export const isImage = (file) => file.type.startsWith('image/') || IMAGE_NAME.test(file.name);
 
+/** A picked file and its path: in the picked folder (`webkitRelativePath`), else its name. */
+export const picked = (file) => ({ file, path: file.webkitRelativePath || file.name });
+
 /**
- * Every file under the dropped items, folders walked recursively, each with its path in `relativePath`
- * (a dropped File has an empty, read-only `webkitRelativePath`).
- * @param {DataTransferItemList} items @returns {Promise<{files: File[], folder: boolean}>}
+ * Every file under the dropped items, folders walked recursively, with its path in the dropped folder (a
+ * dropped File's own `webkitRelativePath` is empty).
+ * @param {DataTransferItemList} items @returns {Promise<{files: {file: File, path: string}[], folder: boolean}>}
  */
 export async function droppedFiles(items) {
-  const entries = [...items].map((item) => item.webkitGetAsEntry?.()).filter(Boolean);
   const files = [];
+  const entries = [];
+  for (const item of [...items].filter((i) => i.kind === 'file')) {
+    const entry = item.webkitGetAsEntry?.();
+    if (entry) entries.push(entry);
+    else if (item.getAsFile()) files.push(picked(item.getAsFile())); // no entry (e.g. a script's DataTransfer): the file itself
+  }
   const walk = async (entry) => {
     if (entry.isFile) {
       const file = await new Promise((resolve, reject) => entry.file(resolve, reject));
-      files.push(named(file, entry.fullPath.replace(/^\//, '')));
+      files.push({ file, path: entry.fullPath.replace(/^\//, '') });
       return;
     }
     const reader = entry.createReader();
@@ -33,11 +41,6 @@ export async function droppedFiles(items) {
   };
   for (const entry of entries) await walk(entry);
   return { files, folder: entries.some((e) => e.isDirectory) };
-}
-
-/** The file as is, with the path it had in its folder as its batch name. */
-function named(file, path) {
-  return path && path !== file.name ? new File([file], path, { type: file.type, lastModified: file.lastModified }) : file;
 }
 
 /**
@@ -96,13 +99,13 @@ export function zipStream() {
 export const outputName = (name, format) => name.replace(/\.[^./]*$/, '') + '.' + EXTENSIONS[format];
 
 /**
- * Run a batch and show it in `ui` ({list, progress, message, cancel, download}); resolves with the zip Blob
- * (or null when nothing was cut) and the counts.
- * @param {{cutter: import('./clearcut').Cutter, files: File[], options: import('./clearcut').CutManyOptions,
- *          ui: Record<string, HTMLElement>, signal: AbortSignal}} batch
+ * Run a batch and show it in `ui` ({list, progress, message}); resolves with the zip Blob (or null when nothing
+ * was cut) and the counts. The zip keeps the photos' paths, with the format's extension.
+ * @param {{cutter: import('./clearcut').Cutter, files: {file: File, path: string}[],
+ *          options: import('./clearcut').CutManyOptions, ui: Record<string, HTMLElement>, signal: AbortSignal}} batch
  */
 export async function runBatch({ cutter, files, options, ui, signal }) {
-  const rows = files.map((file) => row(ui.list, file.name));
+  const rows = files.map(({ path }) => row(ui.list, path));
   const zip = zipStream();
   let ok = 0;
   let failed = 0;
@@ -112,12 +115,12 @@ export async function runBatch({ cutter, files, options, ui, signal }) {
     r.progress.value = p.photo;
     if (p.step === 'start') r.li.dataset.status = 'cutting';
     /** @type {HTMLProgressElement} */ (ui.progress).value = p.overall ?? 0;
-    if (p.step !== 'done' && p.step !== 'error') say(`Cutting ${p.index + 1} of ${p.total}: ${p.name} (${p.step})…`);
+    if (p.step !== 'done' && p.step !== 'error') say(`Cutting ${p.index + 1} of ${p.total}: ${files[p.index].path} (${p.step})…`);
   };
-  for await (const item of cutter.cutMany(files, { ...options, signal, onProgress })) {
+  for await (const item of cutter.cutMany(files.map((f) => f.file), { ...options, signal, onProgress })) {
     const r = rows[item.index];
     if (item.ok) {
-      await zip.add(outputName(item.name, options.format || 'png'), item.result);
+      await zip.add(outputName(files[item.index].path, options.format || 'png'), item.result);
       await thumbnail(r.canvas, item.result);
       r.note.textContent = `${(item.result.size / 1024).toFixed(0)} kB`;
       r.li.dataset.status = 'done';

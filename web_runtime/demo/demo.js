@@ -1,7 +1,7 @@
 // The ClearCut demo page: pick or drop an image, see before/after, choose a background and format, download it;
 // or pick or drop many images or a folder and cut them all (batch.js) into one zip.
 import { createCutter } from './clearcut.js';
-import { droppedFiles, isImage, outputName, runBatch } from './batch.js';
+import { droppedFiles, isImage, outputName, picked, runBatch } from './batch.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -61,10 +61,10 @@ async function render() {
   }
 }
 
-/** One image: the before/after view. Several, or a folder: the batch. */
+/** One image: the before/after view. Several, or a folder: the batch. @param {{file: File, path: string}[]} files */
 function take(files, folder) {
-  const images = folder ? files.filter(isImage) : files;
-  if (images.length === 1 && !folder) show(images[0]);
+  const images = folder ? files.filter(({ file }) => isImage(file)) : files;
+  if (images.length === 1 && !folder) show(images[0].file);
   else if (images.length) batch(images, files.length - images.length);
   else status(folder ? 'The folder holds no images.' : 'No file was chosen.', true);
 }
@@ -115,8 +115,8 @@ async function batch(files, ignored) {
   }
 }
 
-$('file').addEventListener('change', () => take([...$('file').files], false));
-$('folder').addEventListener('change', () => take([...$('folder').files], true));
+$('file').addEventListener('change', () => take([...$('file').files].map(picked), false));
+$('folder').addEventListener('change', () => take([...$('folder').files].map(picked), true));
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
