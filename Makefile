@@ -32,11 +32,12 @@ setup-system:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium nginx-light; \
 	fi
 
-# npm packages of the browser runtime (lockfile committed).
+# npm packages of the browser runtime (lockfile committed): onnxruntime-web and fflate (the demo's zip writer),
+# which `make bundle` copies into dist/, and esbuild (tests). All are devDependencies: the runtime has none.
 setup-web:
 	@if [ -f web_runtime/package-lock.json ]; then \
-	  if [ ! -d web_runtime/node_modules ] || [ web_runtime/package-lock.json -nt web_runtime/node_modules/.package-lock.json ]; then \
-	    npm ci --prefix web_runtime --no-audit --no-fund; \
+	  if [ ! -d web_runtime/node_modules/fflate ] || [ web_runtime/package-lock.json -nt web_runtime/node_modules/.package-lock.json ]; then \
+	    npm ci --prefix web_runtime --include=dev --no-audit --no-fund; \
 	  fi; \
 	fi
 

@@ -1,9 +1,10 @@
 """Browser benchmark (`make bench-web`): per variant, in one headless Chromium run, cold first cut (download from
 the local nginx + session + inference) and warm cut, next to native onnxruntime on the same ONNX bytes and
-to the peer @imgly/background-removal 1.7.0 (small, medium) on the same photo (bench/peer_imgly.py).
+to the peer @imgly/background-removal 1.7.0 (small, medium) on the same photo (bench/peer_imgly.py); then a
+batch of photos, ours through `cutter.cutMany` and imgly's as a loop over `removeBackground`, in photos/min.
 
     python -m bench.web --dist dist [--build build/isnet-imgly] [--variants int8,fp32] [--repeats 3]
-                                         [--peer small,medium | --peer '']
+                                         [--peer small,medium | --peer ''] [--batch 20]
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ OURS_CUT_JS = """async () => {
 PEER_LOAD_JS = """async ([model, url]) => {
   const { removeBackground } = await import('/_peer/imgly/index.mjs');
   window.photo = await (await fetch(url)).blob();
-  window.peerCut = () => removeBackground(window.photo, {
+  window.peerCutOf = (photo) => removeBackground(photo, {
     publicPath: location.origin + '/_peer/data/', model, output: { format: 'image/png' } });
+  window.peerCut = () => window.peerCutOf(window.photo);
   const t0 = performance.now();
   await window.peerCut();
   return { cold: performance.now() - t0, coi: self.crossOriginIsolated };
@@ -51,6 +53,21 @@ PEER_CUT_JS = """async () => {
   await window.peerCut();
   return { ms: performance.now() - s };
 }"""
+
+# A batch on a loaded page: ours through cutMany (one cutter, one photo at a time), imgly's as the loop its API
+# allows (removeBackground per photo). Photos are fetched before the clock starts; every result is a PNG Blob.
+BATCH_JS = """async ([kind, urls]) => {
+  const photos = await Promise.all(urls.map(async (u) => (await fetch(u)).blob()));
+  let ok = 0;
+  const t0 = performance.now();
+  if (kind === 'ours') {
+    for await (const item of window.cutter.cutMany(photos, { format: 'png' })) ok += item.ok ? 1 : 0;
+  } else {
+    for (const photo of photos) { await window.peerCutOf(photo); ok++; }
+  }
+  return { ms: performance.now() - t0, ok };
+}"""
+
 
 def native_ms(onnx_path: Path, size: list[int], threads: int, repeats: int) -> float:
     """The same file in native onnxruntime (CPU), on the same input shape, for the browser/native ratio."""
@@ -93,6 +110,26 @@ def _upscaled(image: Path, megapixels: float) -> Path:
     return out
 
 
+def _batch_photos(folder: Path, count: int) -> list[str]:
+    """`count` different photos (the sample photos, mirrored and cropped in turn) as JPEGs in `folder`; their names."""
+    from PIL import Image, ImageOps
+
+    from eval.images import sample_photos
+    sources = sample_photos()
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(count):
+        with Image.open(sources[i % len(sources)]) as im:
+            img = im.convert("RGB")
+        if (i // len(sources)) % 2:
+            img = ImageOps.mirror(img)
+        trim = (i // (2 * len(sources))) * 16
+        img = img.crop((trim, trim, img.width - trim, img.height - trim))
+        names.append(f"{i:02d}.jpg")
+        img.save(folder / names[-1], quality=90)
+    return names
+
+
 def _stage_pages(dist: Path, image: Path, peer: bool) -> str | None:
     """Write the bench pages (and the peer, if asked) into dist/_bench and dist/_peer; return why the peer
     could not be staged, or None."""
@@ -127,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="upscale the photo to about this many megapixels (JPEG) to time a camera-sized cut")
     parser.add_argument("--peer", default="small,medium",
                         help="@imgly/background-removal 1.7.0 models to time in the same run ('' to skip)")
+    parser.add_argument("--batch", type=int, default=20,
+                        help="photos in the batch timed on each loaded page (0 to skip)")
     args = parser.parse_args(argv)
     dist = Path(args.dist)
     manifest = json.loads((dist / "manifest.json").read_text())
@@ -145,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, peer_rows = [], []
     try:
         peer_problem = _stage_pages(dist, image, bool(peers))
+        batch = [f"/_bench/batch/{n}" for n in _batch_photos(dist / "_bench" / "batch", args.batch)]
         with NginxServer(dist) as server, sync_playwright() as p:
             browser = launch(p)
             pages = []  # (kind, name, page, result)
@@ -170,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                         r["inference"].append(one["timing"]["inferenceMs"])
                         r["stages"].append(one["timing"])
                 print(f"  warm round {round_ + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+            for kind, name, page, r in pages if batch else []:
+                r["batch"] = page.evaluate(BATCH_JS, [kind, batch])
+                print(f"  batch {kind} {name}: {r['batch']['ms'] / 1000:.1f} s", file=sys.stderr, flush=True)
             browser.close()
         for kind, name, _, r in pages:
             if kind == "peer":
@@ -215,6 +258,20 @@ def main(argv: list[str] | None = None) -> int:
           "loaded; infer = session.run only; node-wasm: the same file in onnxruntime-web's WASM engine under Node, so "
           "browser/wasm is what the browser adds and node-wasm/native what WASM SIMD costs against native kernels; "
           "last columns: our warm / imgly's warm in the same run.")
+    if batch:
+        print(f"batch of {len(batch)} photos (one page each, loaded and warm; ours: cutter.cutMany, imgly: a loop over "
+              "removeBackground), PNG out:")
+        for kind, name, _, r in pages:
+            b = r["batch"]
+            label = name + ("*" if name == manifest["default_variant"] else "") if kind == "ours" else f"imgly {name}"
+            print(f"  {label:<14}{60000 * b['ok'] / b['ms']:8.1f} photos/min  ({b['ok']}/{len(batch)} cut in {b['ms'] / 1000:.1f} s)")
+    ours_cold = {v: r["cold"] for v, _, r, _, _ in rows}
+    if ours_cold and peer_rows:
+        default = manifest["default_variant"] if manifest["default_variant"] in ours_cold else next(iter(ours_cold))
+        load = next(r["load"] for v, _, r, _, _ in rows if v == default)
+        print(f"cold first cut (createCutter/first removeBackground → first PNG, fresh context): ours {default} "
+              f"{ours_cold[default] / 1000:.2f} s (cutter ready {load / 1000:.2f} s + cut {(ours_cold[default] - load) / 1000:.2f} s) = "
+              + ", ".join(f"{ours_cold[default] / r['cold']:.2f}× imgly {m}'s" for m, r in peer_rows))
     if peers and peer_problem:
         print(f"peer (@imgly/background-removal 1.7.0) not measured: {peer_problem}")
     return 0

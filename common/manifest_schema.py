@@ -129,6 +129,8 @@ class RuntimeFiles:
     worker: str
     ort: dict[str, str]  # backend → onnxruntime-web entry module
     ort_dir: str
+    # the ZIP writer (fflate's browser build) the demo page streams "Download all" with; bundles before it lack it
+    zip: str | None = field(default=None, metadata=OMIT_IF_NONE)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,9 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
 DEMO = HERE / "demo"
 ORT_PACKAGE = HERE / "node_modules" / "onnxruntime-web"
+# The demo page's ZIP writer ("Download all", streamed): npm fflate's dependency-free ES module build.
+ZIP_PACKAGE = HERE / "node_modules" / "fflate"
+ZIP_MODULE = ("esm/browser.js", "fflate.js")  # in the package → in the bundle
 
 MIB = 1024 * 1024
 DEFAULT_CHUNK_BYTES = 20 * MIB  # CDN-friendly: below common per-object limits (e.g. 25 MiB)
@@ -45,9 +48,9 @@ ORT_ENTRY = {"wasm": "ort.wasm.min.mjs", "webgpu": "ort.webgpu.min.mjs"}
 RUNTIME_FILES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js", "worker.js", "loader.js", "engine.js",
                  "engine_ort.js", "runners.js", "ccw.js", "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts",
                  "manifest.d.ts"]
-PAGE_MODULES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js"]  # the page's import graph (SRI in the demo)
+PAGE_MODULES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js", ZIP_MODULE[1]]  # the page's import graph (SRI in the demo)
 REFINE_PARAMS = HERE / "refine.json"  # edge-refinement constants (single source; eval/refine.py reads it too)
-DEMO_FILES = ["index.html", "demo.js", "demo.css"]
+DEMO_FILES = ["index.html", "demo.js", "batch.js", "demo.css"]
 
 # Content-Security-Policy of the demo page. 'wasm-unsafe-eval' lets onnxruntime compile its wasm; workers and
 # everything else come from our own origin only, and nothing can be sent anywhere else.
@@ -87,11 +90,15 @@ class BundleError(RuntimeError):
     """The build folder or the npm packages cannot make a bundle."""
 
 
-def ort_version() -> str:
-    pkg = ORT_PACKAGE / "package.json"
+def _package_version(package: Path) -> str:
+    pkg = package / "package.json"
     if not pkg.exists():
-        raise BundleError(f"{ORT_PACKAGE} missing: run `make setup-web` (npm ci --prefix web_runtime)")
+        raise BundleError(f"{package} missing: run `make setup-web` (npm ci --prefix web_runtime)")
     return json.loads(pkg.read_text())["version"]
+
+
+def ort_version() -> str:
+    return _package_version(ORT_PACKAGE)
 
 
 def runtime_version() -> str:
@@ -215,6 +222,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         raise BundleError(f"chunk size must be in (0, {DEFAULT_CHUNK_BYTES}] bytes, got {chunk_bytes}")
     ort_ver = ort_version()
     ort_dir = f"ort-{ort_ver}"
+    zip_ver = _package_version(ZIP_PACKAGE)
 
     out_dir = Path(out_dir).resolve()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -270,6 +278,8 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         for f in RUNTIME_FILES:
             shutil.copyfile(SRC / f, tmp / f)
             record(f)
+        shutil.copyfile(ZIP_PACKAGE / ZIP_MODULE[0], tmp / ZIP_MODULE[1])
+        record(ZIP_MODULE[1])
         for f in DEMO_FILES:
             shutil.copyfile(DEMO / f, tmp / f)
         (tmp / "_headers").write_text(headers_file(ort_dir))
@@ -287,9 +297,10 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
                 "module": "clearcut.js", "worker": "worker.js",
                 "ort": {b: f"{ort_dir}/{ORT_ENTRY[b]}" for b in backends},
                 "ort_dir": ort_dir,
+                "zip": ZIP_MODULE[1],
             },
             "files": files,
-            "versions": {"clearcut-runtime": runtime_version(), "onnxruntime-web": ort_ver,
+            "versions": {"clearcut-runtime": runtime_version(), "onnxruntime-web": ort_ver, "fflate": zip_ver,
                          "build_tools": build.get("tools", {})},
             "source": build.get("source", {}),
         }
@@ -330,7 +341,7 @@ def _stamp_demo(root: Path, files: dict) -> None:
     """Put the CSP and SRI hashes into the demo page (module scripts loaded from the page carry `integrity`)."""
     html = (root / "index.html").read_text()
     html = html.replace("{{CSP}}", CSP.replace("; frame-ancestors 'none'", ""))  # not allowed in <meta>
-    for name in ("demo.js", "demo.css", *PAGE_MODULES):
+    for name in ("demo.js", "batch.js", "demo.css", *PAGE_MODULES):
         digest = files.get(name, {}).get("integrity")
         if digest is None and (root / name).exists():
             digest = sri((root / name).read_bytes())

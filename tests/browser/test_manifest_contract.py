@@ -61,3 +61,22 @@ def test_manifest_d_ts_declares_the_python_contract():
     for cls in contract_classes:
         python = {f.name: bool(f.metadata.get("omit_if_none")) for f in dataclasses.fields(cls)}
         assert declared[cls.__name__] == python, cls.__name__
+
+
+def test_the_demo_zip_writer_ships_as_a_listed_file(web_root, tiny_manifest):
+    """fflate (npm, pinned in package.json and the lockfile) is copied into the bundle as `runtime.zip`, listed
+    in `files` with its hashes like the runtime, and loaded by the demo page with that integrity."""
+    import hashlib
+
+    from web_runtime.build_bundle import ZIP_MODULE, ZIP_PACKAGE
+
+    path = tiny_manifest["runtime"]["zip"]
+    data = (web_root / "tiny" / path).read_bytes()
+    assert data == (ZIP_PACKAGE / ZIP_MODULE[0]).read_bytes()
+    entry = tiny_manifest["files"][path]
+    assert (entry["bytes"], entry["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert f'href="{path}" integrity="{entry["integrity"]}"' in (web_root / "tiny" / "index.html").read_text()
+    package = json.loads((REPO / "web_runtime" / "package.json").read_text())
+    lock = json.loads((REPO / "web_runtime" / "package-lock.json").read_text())
+    version = tiny_manifest["versions"]["fflate"]
+    assert package["devDependencies"]["fflate"] == lock["packages"]["node_modules/fflate"]["version"] == version

@@ -12,8 +12,8 @@ export interface Progress {
   /** `download`: model bytes (from the network or the Cache API); `session`: compiling the model;
    * `decode`: decoding weights — a coded variant's weight container rebuilt into the model (loaded / total
    * coded weights), after its download; `warmup`: one run on a blank input so that the first real cut is as
-   * fast as the next ones; `stage`: a cut of a staged variant entering graph `stage` (`null` when the last one
-   * is done). */
+   * fast as the next ones (after `createCutter` resolved, and only when no cut was asked yet); `stage`: a cut of
+   * a staged variant entering graph `stage` (`null` when the last one is done). */
   phase: 'download' | 'decode' | 'session' | 'warmup' | 'stage';
   stage?: string | null;
   loaded: number;
@@ -41,8 +41,9 @@ export interface CutterOptions {
   maxPixels?: number;
   /** WASM threads when cross-origin isolated (default: hardware concurrency, at most 4). */
   numThreads?: number;
-  /** Run the model once on a blank input before `createCutter` resolves (default true): the first cut is
-   * then as fast as later ones instead of paying onnxruntime's first-run setup. */
+  /** Run the model once on a blank input right after `createCutter` resolved (default true), unless a cut is
+   * asked first (that cut then pays onnxruntime's first-run setup instead, and nothing runs before it): a
+   * cut asked later is as fast as the next ones. A cut asked while the warm-up runs waits for its end. */
   warmup?: boolean;
   onProgress?: (progress: Progress) => void;
   /** Aborts the model download: rejects with the signal's reason if one was given, else code `aborted`. */
@@ -70,11 +71,51 @@ export interface CutOptions {
   refine?: boolean | 'auto';
   /** Aborts the cut: rejects with the signal's reason if one was given, else code `aborted`. */
   signal?: AbortSignal;
+  /** This cut's steps as they start: decode, inference, mask (+ refinement, compose), encode. */
+  onProgress?: (progress: CutProgress) => void;
   /** Filled in after the cut: milliseconds per stage inside the worker. */
   timing?: { decodeMs?: number; preprocessMs?: number; inferenceMs?: number; postprocessMs?: number; encodeMs?: number; totalMs?: number;
     /** Staged variants: per graph, its session creation and run time and the WASM heap size after it. */
     stages?: { name: string; sessionMs: number; runMs: number; heapBytes: number }[] };
 }
+
+export type CutStep = 'decode' | 'inference' | 'mask' | 'encode';
+
+export interface CutProgress {
+  type: 'progress';
+  phase: 'cut';
+  step: CutStep;
+  /** Steps done before this one (0..3) of `total` (4). */
+  loaded: number;
+  total: number;
+}
+
+export interface CutManyOptions extends Omit<CutOptions, 'signal' | 'onProgress' | 'timing'> {
+  /** Stops the batch after the photo being cut (which is still yielded); the iteration then ends, no error. */
+  signal?: AbortSignal;
+  onProgress?: (progress: CutManyProgress) => void;
+}
+
+export interface CutManyProgress {
+  /** The input being cut (0-based) and its name (a File's `webkitRelativePath` or `name`, a URL's file name, else `image-<n>`). */
+  index: number;
+  name: string;
+  /** `start`, then the cut's steps, then `done` or `error`. */
+  step: 'start' | CutStep | 'done' | 'error';
+  /** This photo's progress, 0..1. */
+  photo: number;
+  /** Inputs finished so far (cut or failed), of which failed. */
+  completed: number;
+  failed: number;
+  /** How many inputs (an array's or array-like's length), null for an iterator. */
+  total: number | null;
+  /** The whole batch, 0..1 (null without `total`). */
+  overall: number | null;
+}
+
+export type CutManyResult<R = Blob> =
+  | { index: number; name: string; ok: true; result: R }
+  | { index: number; name: string; ok: false; error: ClearCutError };
 
 export interface CutterInfo {
   variant: string;
@@ -103,6 +144,13 @@ export interface Cutter {
   readonly info: CutterInfo;
   cut(input: CutInput, options?: CutOptions & { format: 'raw' }): Promise<ImageData>;
   cut(input: CutInput, options?: CutOptions): Promise<Blob>;
+  /**
+   * Cut inputs one at a time through this cutter (memory stays that of one cut), yielding each result as it
+   * is ready, in order. An input that fails is yielded with `ok: false` and its error, and the batch goes
+   * on; only a cutter that cannot cut any more (code `state`: disposed, `worker`: its worker died) throws.
+   */
+  cutMany(inputs: Iterable<CutInput> | AsyncIterable<CutInput>, options?: CutManyOptions & { format: 'raw' }): AsyncGenerator<CutManyResult<ImageData>, void>;
+  cutMany(inputs: Iterable<CutInput> | AsyncIterable<CutInput>, options?: CutManyOptions): AsyncGenerator<CutManyResult<Blob>, void>;
   /** Bytes of the worker's wasm memory (onnxruntime heap). */
   memory(): Promise<number>;
   /** Terminates the worker, freeing the model and its memory at once; pending and later calls reject with

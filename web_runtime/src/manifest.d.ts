@@ -117,14 +117,17 @@ export interface Chunk {
   integrity: string;
 }
 
+/** Where the runtime's files are; `zip`: the ZIP writer (npm fflate's browser build) of the demo page's
+ * "Download all", listed in `files` like the rest (bundles built before it lack it). */
 export interface RuntimeFiles {
   module: string;
   worker: string;
   ort: Partial<Record<Backend, string>>;
   ort_dir: string;
+  zip?: string;
 }
 
-/** Size and hashes of a runtime or onnxruntime-web file of the bundle. */
+/** Size and hashes of a runtime, onnxruntime-web or demo-page library file of the bundle. */
 export interface FileEntry {
   bytes: number;
   sha256: string;
@@ -134,6 +137,7 @@ export interface FileEntry {
 export interface Versions {
   'clearcut-runtime': string;
   'onnxruntime-web': string;
+  fflate?: string;
   build_tools: Record<string, string>;
 }
 

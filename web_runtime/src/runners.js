@@ -15,7 +15,8 @@ import { wasmHeapBytes } from './engine.js';
  * @typedef {Object} Runner
  * @property {(input: Tensor, isCancelled?: () => boolean) => Promise<{alpha: Float32Array, stages: StageTiming[] | null}>} run
  *   The alpha map at the model's input size, and for staged variants the time of each stage.
- * @property {() => Promise<void>} warmUp One run on a blank input (a staged variant skips it, see below).
+ * @property {() => Promise<boolean>} warmUp One run on a blank input (a staged variant skips it, see below);
+ *   whether it ran. Cuts that come meanwhile wait for it: two runs never share the session.
  * @property {() => void} idle Called when no cut is being answered: a staged runner creates the next cut's first session.
  */
 
@@ -42,24 +43,33 @@ function alphaOf(outputs, name) {
 /** @param {BundleManifest} manifest @param {EngineSession} session @returns {Runner} */
 function singleRunner(manifest, session, onProgress) {
   const { input_name: inputName, output_name: outputName } = manifest.output;
-  const runner = {
+  const infer = async (input) => alphaOf(await session.run({ [inputName]: input }, [outputName]), outputName);
+  /** @type {Promise<unknown> | null} the warm-up while it runs */
+  let warming = null;
+  return {
     async run(input) {
-      return { alpha: alphaOf(await session.run({ [inputName]: input }, [outputName]), outputName), stages: null };
+      while (warming) await warming.then(() => {}, () => {});
+      return { alpha: await infer(input), stages: null };
     },
     /**
      * onnxruntime's first run grows the WASM heap, fills its arena and starts the thread pool (IS-Net int8
-     * in Chromium: first run 5.0 s, then 2.3 s): done while the page still waits for the model, so that the
-     * user's first cut does not pay it.
+     * in Chromium: first run 5.0 s, then 2.3 s): done when the page has not asked for a cut yet, so that the
+     * user's first cut does not pay it (worker.js decides when).
      */
     async warmUp() {
       const [h, w] = manifest.preprocessing.input_size;
       onProgress({ phase: 'warmup', loaded: 0, total: 1 });
-      await runner.run({ type: 'float32', data: new Float32Array(3 * h * w), dims: [1, 3, h, w] });
+      warming = infer({ type: 'float32', data: new Float32Array(3 * h * w), dims: [1, 3, h, w] });
+      try {
+        await warming;
+      } finally {
+        warming = null;
+      }
       onProgress({ phase: 'warmup', loaded: 1, total: 1 });
+      return true;
     },
     idle() {},
   };
-  return runner;
 }
 
 /**
@@ -133,7 +143,7 @@ function stagedRunner(manifest, stages, open, first, onProgress) {
     },
     // No warm-up: each cut creates the stage sessions one by one anyway, so a warm-up would cost a whole
     // cut (minutes at 1024² for RMBG-2.0) and buy nothing.
-    async warmUp() {},
+    async warmUp() { return false; },
     idle() {
       if (!next && !busy) next = timed(0).catch((error) => ({ error }));
     },

@@ -1,8 +1,9 @@
 // ClearCut worker (module worker): routes the page's messages to the loader, the engine, the runner and the
 // cut, and holds their state. Image bytes never leave this worker except back to the page.
 //
-// Messages in: {type: 'init' | 'cut' | 'memory', id, ...} answered by {id, result} or {id, error: {code, message}};
-// {type: 'cancel', id} (no answer). Out, unasked: {type: 'progress', phase, loaded, total, ...}.
+// Messages in: {type: 'init' | 'cut' | 'warmup' | 'memory', id, ...} answered by {id, result} or {id, error: {code, message}};
+// {type: 'cancel', id} (no answer). Out, unasked: {type: 'progress', phase, loaded, total, ...}; a cut asked with
+// options.progress also reports its steps as {type: 'progress', id, phase: 'cut', step, loaded, total}.
 // There is no 'dispose' message: cutter.dispose() terminates the worker, which frees everything at once.
 // Once loaded it posts {type: 'ready', version} (boot.js waits for it, and compares the version with its own).
 import { ClearCutError, toWire } from './errors.js';
@@ -23,6 +24,7 @@ const state = {
   maxPixels: DEFAULT_MAX_PIXELS,
   /** ids of the jobs the page gave up on */ cancelled: new Set(),
   /** @type {AbortController | null} aborts the model download of 'init' */ loading: null,
+  /** cuts received so far: a warm-up asked after the first one is skipped (that cut was the warm-up) */ cuts: 0,
 };
 
 const post = (msg, transfer = []) => self.postMessage(msg, transfer);
@@ -31,9 +33,17 @@ const progress = (p) => post({ type: 'progress', ...p });
 const handlers = {
   init,
   cut: ({ id, source, options }) => {
+    state.cuts++;
     if (!state.runner) throw new ClearCutError('state', 'The cutter is not ready (still loading, or its loading failed).');
+    const onStep = options.progress ? (step, loaded, total) => progress({ id, phase: 'cut', step, loaded, total }) : undefined;
     return cut({ source, options, manifest: state.manifest, runner: state.runner, maxPixels: state.maxPixels,
-      isCancelled: () => state.cancelled.has(id) });
+      isCancelled: () => state.cancelled.has(id), onStep });
+  },
+  // One run on a blank input, asked by the page once createCutter resolved and no cut was asked yet; result:
+  // whether it ran (not when a cut got here first). A cut arriving meanwhile waits for it in the runner.
+  warmup: async () => {
+    if (state.cuts > 0 || !state.runner) return { result: false };
+    return { result: await state.runner.warmUp() };
   },
   memory: async () => ({ result: wasmHeapBytes() }),
 };
@@ -57,7 +67,7 @@ self.onmessage = async ({ data: msg }) => {
   }
 };
 
-async function init({ manifestUrl, baseUrl, variant, backend, maxPixels, numThreads, warmup }) {
+async function init({ manifestUrl, baseUrl, variant, backend, maxPixels, numThreads }) {
   state.maxPixels = maxPixels || DEFAULT_MAX_PIXELS;
   state.loading = new AbortController();
   const { signal } = state.loading;
@@ -80,7 +90,6 @@ async function init({ manifestUrl, baseUrl, variant, backend, maxPixels, numThre
   const total = files.reduce((sum, f) => sum + f.length, 0);
   progress({ phase: 'session', loaded: total, total });
   const runner = await createRunner({ engine, manifest, parts, files, staged: !!entry.stages, onProgress: progress });
-  if (warmup !== false) await runner.warmUp();
   // Everything this manifest needs is verified and cached: it becomes the one to fall back on offline.
   await file.stored();
   if (!offline) await keepManifest(url, text, manifest, base);
