@@ -189,17 +189,17 @@ def main(argv: list[str] | None = None) -> int:
             browser = launch(p)
             pages = []  # (kind, name, page, result)
             for variant in variants:
-                page = browser.new_context(bypass_csp=True).new_page()
+                page, fetched = _recording_page(browser)
                 page.goto(server.url + "/_bench/index.html")
                 r = page.evaluate(OURS_LOAD_JS, [variant, f"/_bench/{image.name}"])
-                r.update(warm=[], inference=[], stages=[])
+                r.update(warm=[], inference=[], stages=[], fetched=sorted(fetched))
                 pages.append(("ours", variant, page, r))
                 print(f"  cold {variant}: {r['cold'] / 1000:.2f} s", file=sys.stderr, flush=True)
             for model in peers if not peer_problem else []:
-                page = browser.new_context(bypass_csp=True).new_page()
+                page, fetched = _recording_page(browser)
                 page.goto(server.url + "/_peer/index.html")
                 r = page.evaluate(PEER_LOAD_JS, [model, f"/_bench/{image.name}"])
-                r.update(warm=[])
+                r.update(warm=[], fetched=sorted(fetched))
                 pages.append(("peer", model, page, r))
                 print(f"  cold imgly {model}: {r['cold'] / 1000:.2f} s", file=sys.stderr, flush=True)
             for round_ in range(args.repeats):
@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["batch"] = page.evaluate(BATCH_JS, [kind, batch])
                 print(f"  batch {kind} {name}: {r['batch']['ms'] / 1000:.1f} s", file=sys.stderr, flush=True)
             browser.close()
+        first_visits = _first_visits(dist, pages)  # before the peer's folder goes
         for kind, name, _, r in pages:
             if kind == "peer":
                 peer_rows.append((name, r))
@@ -272,9 +273,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cold first cut (createCutter/first removeBackground → first PNG, fresh context): ours {default} "
               f"{ours_cold[default] / 1000:.2f} s (cutter ready {load / 1000:.2f} s + cut {(ours_cold[default] - load) / 1000:.2f} s) = "
               + ", ".join(f"{ours_cold[default] / r['cold']:.2f}× imgly {m}'s" for m, r in peer_rows))
+    if first_visits:
+        print("first visit (every file the page fetched until its first cut, with brotli as `make publish` stores "
+              "it; imgly's files compressed the same way):")
+        for label, transfer in first_visits.items():
+            print(f"  {label:<16}{transfer.line()}")
     if peers and peer_problem:
         print(f"peer (@imgly/background-removal 1.7.0) not measured: {peer_problem}")
     return 0
+
+
+def _recording_page(browser):
+    """A fresh context (empty cache) and page, and the set its requests' URL paths are collected into."""
+    from urllib.parse import urlparse
+    context = browser.new_context(bypass_csp=True)
+    fetched: set[str] = set()
+    context.on("request", lambda request: fetched.add(urlparse(request.url).path)
+               if request.url.startswith("http") else None)
+    return context.new_page(), fetched
+
+
+def _first_visits(dist: Path, pages) -> dict:
+    """Label → first_visit.Transfer for every page: ours from the bundle's first-visit list (checked against what
+    the page fetched), imgly's from the files its page fetched, split into engine (onnxruntime), model, runtime."""
+    from web_runtime.first_visit import first_visit, first_visit_files, measure
+    manifest = json.loads((dist / "manifest.json").read_text())
+    found = {}
+    for kind, name, _, r in pages:
+        fetched = [path.lstrip("/") for path in r["fetched"]]
+        if kind == "ours":
+            files = first_visit_files(manifest, name)
+            got = {p for p in fetched if not p.startswith("_bench/")}
+            if got != set(files):
+                print(f"  note: {name}'s first visit fetched {sorted(got ^ set(files))[:4]} beyond/short of the bundle's "
+                      "first-visit list", file=sys.stderr)
+            found[name + ("*" if name == manifest["default_variant"] else "")] = first_visit(dist, name)
+        else:
+            def part(path: str) -> str:
+                leaf = Path(path).name
+                if leaf.startswith("ort"):
+                    return "engine"
+                return "model" if path.startswith("_peer/data/") and not Path(path).suffix else "runtime"
+            files = {p: part(p) for p in fetched if p.startswith("_peer/") and not p.endswith(".html")}
+            found[f"imgly {name}"] = measure(dist, files)
+    return found
 
 
 if __name__ == "__main__":

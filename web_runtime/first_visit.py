@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 from common.files import sha256_file
 from web_runtime.publish import BROTLI_QUALITY, Compressor, Item, listed_files
 
-DEMO_FILES = {"demo.js", "demo.css", "index.html"}
+DEMO_FILES = {"demo.js", "batch.js", "demo.css", "index.html"}  # the demo page, not the runtime
 # onnxruntime-web files per backend, besides the entry module the manifest names (runtime.ort[backend])
 ENGINE_FILES = {"wasm": ("ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
                 "webgpu": ("ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")}
@@ -40,8 +40,8 @@ class Transfer:
         return sum(r[1] for r in self.parts.values())
 
     def line(self) -> str:
-        return (f"{self.wire / 1e6:.1f} MB on the wire ({self.raw / 1e6:.1f} MB raw): "
-                + ", ".join(f"{part} {w / 1e6:.1f} MB" for part, (_, w, _) in self.parts.items()))
+        return (f"{self.wire / 1e6:.2f} MB on the wire ({self.raw / 1e6:.2f} MB raw): "
+                + ", ".join(f"{part} {w / 1e6:.2f} MB" for part, (_, w, _) in self.parts.items()))
 
 
 def first_visit_files(manifest: dict, variant: str | None = None, backend: str = "wasm") -> dict[str, str]:
@@ -50,9 +50,10 @@ def first_visit_files(manifest: dict, variant: str | None = None, backend: str =
     runtime = manifest["runtime"]
     ort_dir = runtime["ort_dir"]
     files = {}
+    demo = DEMO_FILES | {runtime.get("zip")}  # the ZIP writer is the demo's "Download all"
     for rel in manifest["files"]:
         path = PurePosixPath(rel)
-        if len(path.parts) == 1 and path.suffix == ".js" and rel not in DEMO_FILES:
+        if len(path.parts) == 1 and path.suffix == ".js" and rel not in demo:
             files[rel] = "runtime"
     files[runtime["ort"][backend]] = "engine"
     for name in ENGINE_FILES[backend]:
