@@ -148,12 +148,16 @@ async function* cutMany(cutter, inputs, { onProgress, signal, ...cutOptions } = 
   }
 }
 
-/** A File's path in its dropped folder or its name, a URL's last segment, else `image-<n>`. */
+/** A File's path in its picked folder or its name, a URL's last segment, else `image-<n>`. */
 function inputName(input, index) {
   if (typeof File !== 'undefined' && input instanceof File) return input.webkitRelativePath || input.name || `image-${index + 1}`;
   if (typeof input === 'string' || input instanceof URL) {
-    const last = new URL(input, document.baseURI).pathname.split('/').pop();
-    if (last) return decodeURIComponent(last);
+    try {
+      const last = new URL(input, document.baseURI).pathname.split('/').pop();
+      if (last) return decodeURIComponent(last);
+    } catch {
+      // not a URL (cut() says so for this item) or a stray % in it: the numbered name
+    }
   }
   return `image-${index + 1}`;
 }
