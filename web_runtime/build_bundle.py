@@ -292,7 +292,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
             "output": build["output"],
             "refine": json.loads(REFINE_PARAMS.read_text()),
             "variants": out_variants,
-            "default_variant": _default_variant(out_variants),
+            "default_variant": _default_variant(out_variants, build["model"]["name"]),
             "runtime": {
                 "module": "clearcut.js", "worker": "worker.js",
                 "ort": {b: f"{ort_dir}/{ORT_ENTRY[b]}" for b in backends},
@@ -326,15 +326,13 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         raise
 
 
-def _default_variant(variants: dict) -> str:
-    # int8 first: the same download as int8w (±2 %) but its int8 convolutions run about 2x faster in
-    # onnxruntime-web's WASM than int8w's (fp32 compute), and on the 60-photo eval set it cut as well vs
-    # ground truth (its disagreements with fp32 sit on photos where fp32 itself is wrong). Only variants that
-    # passed the parity gate get here.
-    for preferred in ("int8", "int8w", "fp16", "fp32"):
-        if preferred in variants:
-            return preferred
-    return next(iter(variants))
+def _default_variant(variants: dict, model: str) -> str:
+    """The first of the model's `bundle_default_order` (models/registry.py: why, with numbers) the bundle has;
+    only variants that passed the parity gate get here unless named."""
+    from models.registry import REGISTRY
+    config = REGISTRY.get(model)
+    order = config.bundle_default_order if config else ("int8", "int8w", "fp16", "fp32")
+    return next((v for v in order if v in variants), next(iter(variants)))
 
 
 def _stamp_demo(root: Path, files: dict) -> None:
