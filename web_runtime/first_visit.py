@@ -72,7 +72,9 @@ def measure(root: Path, files: dict[str, str], quality: int = BROTLI_QUALITY) ->
     for rel, part in files.items():
         path = Path(root) / rel
         size = path.stat().st_size
-        wire, _ = compressor.size(Item(rel, size, sha256_file(path), source=path))
+        # model files without a suffix (imgly's hash-named chunks) are compressed like our chunks/*.bin
+        key = rel + ".bin" if part == "model" and not PurePosixPath(rel).suffix else rel
+        wire, _ = compressor.size(Item(key, size, sha256_file(path), source=path))
         found.add(part, size, wire)
     return found
 
