@@ -90,7 +90,8 @@ def keep_head_float(model: onnx.ModelProto) -> int:
             node = producer[tensor]
             upstream = producer.get(node.input[0])
             if node.op_type == "DequantizeLinear" and upstream is not None and upstream.op_type == "QuantizeLinear":
-                pairs.append((upstream, node))
+                if not any(dq is node for _, dq in pairs):  # outputs may share a tail
+                    pairs.append((upstream, node))
                 tensor = upstream.input[0]
             else:
                 tensor = node.input[0]

@@ -184,3 +184,28 @@ def test_int8_keeps_its_head_in_float(coded_build):
                 seen.append(producer[tensor].op_type)
                 tensor = producer[tensor].input[0]
             assert not {"QuantizeLinear", "DequantizeLinear"} & set(seen), (variant, output.name, seen)
+
+
+def test_keep_head_float_on_a_graph_whose_outputs_share_a_tail():
+    """Two outputs behind one Q/DQ pair: the pair goes once, the outputs keep their names, the graph still runs."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from quantize.static_int8 import keep_head_float
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(128, np.uint8), "z")
+    weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["logits"]),
+             helper.make_node("QuantizeLinear", ["logits", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Sigmoid", ["dq"], ["alpha"]),
+             helper.make_node("Relu", ["dq"], ["relu"])]
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, 2, 2])
+    graph = helper.make_graph(nodes, "head", [io("x")], [io("alpha"), io("relu")], [scale, zero, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert keep_head_float(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv", "Sigmoid", "Relu"]
+    x = np.array([[[[0.03, -0.04], [1.0, 0.0]]]], np.float32)
+    alpha, relu = ort.InferenceSession(model.SerializeToString()).run(["alpha", "relu"], {"x": x})
+    np.testing.assert_allclose(alpha, 1 / (1 + np.exp(-x)), rtol=1e-6)  # no 0.1 grid any more
+    np.testing.assert_allclose(relu, np.maximum(x, 0))
