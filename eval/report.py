@@ -50,9 +50,11 @@ def recommend(report: dict) -> dict:
              "score": score, "bound": QUALITY_BOUND}
     reference = next((r for r in onnx if r["name"] == report.get("reference")), None)
     if reference is not None:
-        holding = [r for r in onnx if quality_score(r) >= quality_score(reference) - DEFAULT_TOLERANCE]
-        found["default"] = min(holding, key=lambda r: (wire_bytes(r), r["size"]["bytes"]))["name"]
-        found["default_tolerance"] = DEFAULT_TOLERANCE
+        holding = [r for r in onnx if quality_score(r) >= quality_score(reference) - DEFAULT_TOLERANCE
+                   and r.get("gate_passed") is not False]  # only what the bundle may ship
+        if holding:
+            found["default"] = min(holding, key=lambda r: (wire_bytes(r), r["size"]["bytes"]))["name"]
+            found["default_tolerance"] = DEFAULT_TOLERANCE
     return found
 
 
@@ -143,8 +145,11 @@ def _markdown(report: dict, rec: dict) -> str:
              f"after one warm-up (torch row: wall time per image during the run).", "",
              table(report), "",
              "## Recommendation", "",
-             *([f"- **default** (smallest download within {rec['default_tolerance']} of {report['reference']}'s "
-                f"{rec['score']}): {describe(rec['default'])}"] if "default" in rec else []),
+             *([f"- **default** (smallest download through the parity gate within {rec['default_tolerance']} of "
+                f"{report['reference']}'s {rec['score']}): {describe(rec['default'])}"] if "default" in rec else []),
+             *([f"- failed the build's parity gate (not shipped unless named): "
+                + ", ".join(f"`{r['name']}`" for r in report["rows"] if r.get("gate_passed") is False)]
+               if any(r.get("gate_passed") is False for r in report["rows"]) else []),
              f"- smallest download within {rec['bound']} of the best {rec['score']}: {describe(rec['smallest_within_bound'])}",
              f"- best quality: {describe(rec['best_quality'])}",
              f"- fastest: {describe(rec['fastest'])}", "",
@@ -180,8 +185,10 @@ def _plots(report: dict, out: Path, rec: dict) -> None:
         x, y = wire_bytes(r) / 1e6, quality_score(r)
         coded = bool(r["size"].get("ccw"))
         style = ("x", "tab:red") if r["kind"] == "peer" else (("o", "tab:blue") if coded else ("s", "tab:gray"))
-        ax.scatter([x], [y], marker=style[0], color=style[1], zorder=3)
-        label = r["name"] + (" (default)" if r["name"] == rec.get("default") else "")
+        failed = r.get("gate_passed") is False
+        ax.scatter([x], [y], marker=style[0], zorder=3, color="white" if failed else style[1],
+                   edgecolors=style[1] if style[0] != "x" else None)
+        label = r["name"] + (" (default)" if r["name"] == rec.get("default") else "") + (" (gate: fail)" if failed else "")
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     frontier = sorted((wire_bytes(r) / 1e6, quality_score(r)) for r in shown if r["size"].get("ccw"))
     if len(frontier) > 1:

@@ -152,6 +152,8 @@ def row_report(row: Row, results: list[tuple[str, dict]], bench: Bench, out: Pat
         "sha256": row.sha256,
         "file": row.file.name if row.file else None,
         "parity": row.parity_summary([dict(image=r["image"], **r["parity"]) for r in records]),
+        # the build's parity gate (models/registry.py thresholds on the parity photos); None: not a built variant
+        "gate_passed": (getattr(row, "recorded", None) or {}).get("parity", {}).get("passed"),
         "quality": summarize([r["quality"] for r in records if "quality" in r]) if with_gt else None,
         "images": [{"image": r["image"], "parity": r["parity"],
                     "alpha_png": str(bench.cache.alpha_path(key).relative_to(out)),
