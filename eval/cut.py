@@ -47,7 +47,7 @@ from eval.images import MAX_PIXELS, ImageError, alpha_to_image_size, load_rgb, p
 from eval.refine import load_params, refine, want_refine
 from models.registry import DEFAULT_MODEL, Preprocessing
 from quantize import ccw
-from web_runtime.build_bundle import _default_variant
+from web_runtime.build_bundle import default_variant
 
 DEFAULT_BUILD = Path("build") / DEFAULT_MODEL
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".avif"}
@@ -97,7 +97,7 @@ def load_build(build_dir: Path, variant: str | None = None, threads: int = 2) ->
     passed = {v: e for v, e in variants.items() if (e.get("parity") or {}).get("passed", True)}
     if not passed and not variant:
         raise ModelError(f"{manifest_path}: no variant passed the parity gate; name one with --variant")
-    name = _pick(variants, variant, _default_variant(passed) if passed else "", build_dir)
+    name = _pick(variants, variant, default_variant(passed, (build.get("model") or {}).get("name", "")) if passed else "", build_dir)
     path = Path(build_dir) / variants[name]["path"]
     if not path.is_file() or sha256_file(path) != variants[name]["sha256"]:
         raise ModelError(f"{path} is missing or differs from its sha256 in {manifest_path}: re-run the export")

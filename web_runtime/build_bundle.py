@@ -292,7 +292,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
             "output": build["output"],
             "refine": json.loads(REFINE_PARAMS.read_text()),
             "variants": out_variants,
-            "default_variant": _default_variant(out_variants, build["model"]["name"]),
+            "default_variant": default_variant(out_variants, build["model"]["name"]),
             "runtime": {
                 "module": "clearcut.js", "worker": "worker.js",
                 "ort": {b: f"{ort_dir}/{ORT_ENTRY[b]}" for b in backends},
@@ -326,7 +326,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         raise
 
 
-def _default_variant(variants: dict, model: str) -> str:
+def default_variant(variants: dict, model: str) -> str:
     """The first of the model's `bundle_default_order` (models/registry.py: why, with numbers) the bundle has;
     only variants that passed the parity gate get here unless named."""
     from models.registry import REGISTRY
