@@ -18,6 +18,11 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def file_hashes(paths) -> dict[str, str]:
+    """File name → sha256, what a build records of the photos it used."""
+    return {p.name: sha256_file(p) for p in paths}
+
+
 def sri(data: bytes) -> str:
     """Subresource-integrity string (``sha384-…``) of ``data``."""
     return "sha384-" + base64.b64encode(hashlib.sha384(data).digest()).decode()

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from common.contract import INPUT_NAME, OUTPUT_NAME
-from common.files import atomic_write_bytes, sha256_file
+from common.files import atomic_write_bytes, file_hashes, sha256_file
 from common.onnx_graph import webgpu_problems
 from common.sessions import cpu_session, run_stage
 from eval.images import load_rgb, preprocess, sample_photos
@@ -119,9 +119,6 @@ class Build:
     def reference_model(self) -> torch.nn.Module:
         return load_into(build_model(self.config), load_file(str(self.reference)), str(self.reference))
 
-    def photo_hashes(self, photos: Sequence[Path]) -> dict[str, str]:
-        return {p.name: sha256_file(p) for p in photos}
-
     def calibration(self, graph: str) -> Calibration:
         """int8 calibration of ``graph``: the photo preprocessed, run through the fp32 graphs before it."""
         index = self.graphs.index(graph)
@@ -137,7 +134,7 @@ class Build:
                 run_stage(session, values)
             return {n: values[n] for n in state["wanted"]}
 
-        return Calibration(self.calibration_images, load, self.photo_hashes(self.calibration_images))
+        return Calibration(self.calibration_images, load, file_hashes(self.calibration_images))
 
 
 # ---------------------------------------------------------------- the steps
@@ -347,7 +344,7 @@ def _weights(build: Build) -> tuple[Path, str | None, dict]:
 
 
 def _image_params(build: Build) -> dict:
-    return {"parity_images": build.photo_hashes(build.images)}
+    return {"parity_images": file_hashes(build.images)}
 
 
 def _save_state(model: torch.nn.Module, path: Path) -> None:

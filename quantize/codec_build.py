@@ -250,10 +250,6 @@ def int8_base(fp32: Path, target: Path, variant: str, int8_params: dict, make: C
     return made, "made"
 
 
-def photo_hashes(photos: Sequence[Path]) -> dict[str, str]:
-    return {p.name: sha256_file(p) for p in photos}
-
-
 def make_coded_variant(fp32: Path, target: Path, variant: str, calibration, settings: CodecSettings,
                        int8_params: dict, log: Callable[[str], None] = print) -> dict:
     """The recipe: ``calibration`` (quantize.recipes.Calibration) sets the int8 base's activation ranges, as

@@ -71,9 +71,10 @@ def coded_recipe(name: str, budget: float) -> Recipe:
                                   int8_params=_int8_params(config, calibration))
 
     def params(_: ModelConfig, calibration: Calibration) -> dict:
-        from quantize.codec_build import CODEC_VERSION, CodecSettings, codec_photos, photo_hashes
+        from common.files import file_hashes
+        from quantize.codec_build import CODEC_VERSION, CodecSettings, codec_photos
         return {"calibration": dict(calibration.fingerprint), "codec_version": CODEC_VERSION,
-                "codec_photos": photo_hashes(codec_photos(calibration.images)), **vars(CodecSettings(budget))}
+                "codec_photos": file_hashes(codec_photos(calibration.images)), **vars(CodecSettings(budget))}
 
     return Recipe(name, f"int8 QDQ, conv weights on per-row palettes of {budget:g} bits per weight on average "
                         "(error-compensating rounding, per-layer widths); .ccw container beside it", make, params)

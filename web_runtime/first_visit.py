@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from common.files import sha256_file
-from web_runtime.publish import BROTLI_QUALITY, Compressor, Item, listed_files
+from web_runtime.publish import BROTLI_QUALITY, Compressor, Item, listed_files, variant_chunks
 
 DEMO_FILES = {"demo.js", "batch.js", "demo.css", "index.html"}  # the demo page, not the runtime
 # onnxruntime-web files per backend, besides the entry module the manifest names (runtime.ort[backend])
@@ -58,9 +58,7 @@ def first_visit_files(manifest: dict, variant: str | None = None, backend: str =
     files[runtime["ort"][backend]] = "engine"
     for name in ENGINE_FILES[backend]:
         files[f"{ort_dir}/{name}"] = "engine"
-    chosen = manifest["variants"][variant]
-    for part in chosen.get("stages") or [chosen]:
-        files.update({c["path"]: "model" for c in part.get("chunks") or []})
+    files.update({c["path"]: "model" for c in variant_chunks(manifest["variants"][variant])})
     files["manifest.json"] = "runtime"
     return files
 

@@ -122,9 +122,13 @@ def listed_files(manifest: dict) -> dict[str, dict]:
     """Every file the bundle manifest lists with its bytes and sha256: runtime and onnxruntime files, model chunks."""
     listed = dict(manifest.get("files", {}))
     for variant in manifest.get("variants", {}).values():
-        for part in variant.get("stages") or [variant]:
-            listed.update({c["path"]: c for c in part.get("chunks", [])})
+        listed.update({c["path"]: c for c in variant_chunks(variant)})
     return listed
+
+
+def variant_chunks(variant: dict) -> list[dict]:
+    """A bundle variant's chunks in order: its one graph's (or coded container's), or each stage's in turn."""
+    return [c for part in variant.get("stages") or [variant] for c in part.get("chunks") or []]
 
 
 def read_bundle(root: Path) -> Bundle:
