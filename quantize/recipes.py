@@ -48,7 +48,7 @@ def _int8_weights(fp32: Path, target: Path, config: ModelConfig, _: Calibration)
 
 
 def _int8_params(_: ModelConfig, calibration: Calibration) -> dict:
-    return {"calibration": dict(calibration.fingerprint), "head": "float"}
+    return {"calibration": dict(calibration.fingerprint), "head": "float", "input": "float"}
 
 
 def _int8_static(fp32: Path, target: Path, _: ModelConfig, calibration: Calibration) -> None:
@@ -70,11 +70,13 @@ def coded_recipe(name: str, budget: float) -> Recipe:
         return make_coded_variant(fp32, target, name, calibration, CodecSettings(budget),
                                   int8_params=_int8_params(config, calibration))
 
-    def params(_: ModelConfig, calibration: Calibration) -> dict:
+    def params(config: ModelConfig, calibration: Calibration) -> dict:
         from common.files import file_hashes
         from quantize.codec_build import CODEC_VERSION, CodecSettings, codec_photos
-        return {"calibration": dict(calibration.fingerprint), "codec_version": CODEC_VERSION,
-                "codec_photos": file_hashes(codec_photos(calibration.images)), **vars(CodecSettings(budget))}
+        # the int8 base's params (its calibration, float input and head): a change to them remakes the base
+        return {"int8": _int8_params(config, calibration),
+                "codec_version": CODEC_VERSION, "codec_photos": file_hashes(codec_photos(calibration.images)),
+                **vars(CodecSettings(budget))}
 
     return Recipe(name, f"int8 QDQ, conv weights on per-row palettes of {budget:g} bits per weight on average "
                         "(error-compensating rounding, per-layer widths); .ccw container beside it", make, params)
@@ -97,7 +99,7 @@ register_recipe(Recipe(
     "int8w", "weight-only int8, per-output-channel scales, fp32 compute", _int8_weights,
     lambda config, _: {"keep_fp16": list(config.int8w_keep_fp16)}))
 register_recipe(Recipe(
-    "int8", "static int8 QDQ: per-channel weights, entropy-calibrated activations, float head", _int8_static,
+    "int8", "static int8 QDQ: per-channel weights, entropy-calibrated activations, float input and head", _int8_static,
     _int8_params))
 for _name, _budget in CODED_VARIANTS.items():
     register_recipe(coded_recipe(_name, _budget))

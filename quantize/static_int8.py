@@ -44,7 +44,8 @@ class StreamingReader(CalibrationDataReader):
 
 def to_int8_static(source: Path, target: Path, calibration_images: Sequence[Path],
                    load: Callable[[Path], np.ndarray | dict], input_name: str = "input",
-                   method: CalibrationMethod = CalibrationMethod.Entropy, head_in_float: bool = True) -> Path:
+                   method: CalibrationMethod = CalibrationMethod.Entropy, head_in_float: bool = True,
+                   input_in_float: bool = True) -> Path:
     if not calibration_images:
         raise ValueError("int8 calibration needs at least one image")
     reader = StreamingReader(input_name, calibration_images, load)
@@ -54,9 +55,12 @@ def to_int8_static(source: Path, target: Path, calibration_images: Sequence[Path
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
                         extra_options={"CalibStridedMinMax": 1})
         reader.bar.close()
-        if head_in_float:
+        if head_in_float or input_in_float:
             model = onnx.load(str(out))
-            keep_head_float(model)
+            if head_in_float:
+                keep_head_float(model)
+            if input_in_float:
+                keep_input_float(model)
             out.write_bytes(model.SerializeToString())
         atomic_write_bytes(target, out.read_bytes())
     return target
@@ -106,3 +110,30 @@ def keep_head_float(model: onnx.ModelProto) -> int:
             else:
                 node.input[:] = [source if i == target else i for i in node.input]
     return len(pairs)
+
+
+def keep_input_float(model: onnx.ModelProto) -> int:
+    """Remove, in place, the QuantizeLinear/DequantizeLinear pairs that read a graph input directly, so the first
+    layers read the preprocessed photo as it is (their weights stay int8, their outputs are quantized as before).
+
+    The photo is 8-bit already, but normalised it rarely lands on a uint8 grid: IS-Net's ``p/255 - 0.5`` needs a
+    zero point of 127.5, so on onnxruntime's 1/255 step with zero point 128 every pixel value sits half-way between
+    two levels and float rounding sends neighbours to the same one (215 of 256 levels survive in a test), and
+    per-channel mean/std (U2Net) cannot share one per-tensor grid at all. Measured on IS-Net, onnxruntime 1.32, IoU vs fp32: 6 parity photos 0.99065 mean / 0.9689 worst with the
+    input quantized, 0.99430 / 0.9807 in float; 10 unlabelled calibration photos 0.99492 → 0.99919 (alpha MSE
+    1.5e-4 → 4.3e-6). Returns the pairs removed."""
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    removed = 0
+    for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inputs]:
+        dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]]
+        readers = [n for n in graph.node if quantize.output[0] in n.input and n not in dequantizers]
+        if readers or any(d.output[0] in {o.name for o in graph.output} for d in dequantizers):
+            continue  # something needs the quantized tensor itself: leave the pair
+        for dequantize in dequantizers:
+            for node in graph.node:
+                node.input[:] = [quantize.input[0] if i == dequantize.output[0] else i for i in node.input]
+            graph.node.remove(dequantize)
+        graph.node.remove(quantize)
+        removed += 1
+    return removed

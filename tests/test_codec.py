@@ -186,6 +186,43 @@ def test_int8_keeps_its_head_in_float(coded_build):
             assert not {"QuantizeLinear", "DequantizeLinear"} & set(seen), (variant, output.name, seen)
 
 
+def test_int8_reads_the_photo_in_float(coded_build):
+    """No int8 rounding of the preprocessed photo (quantize.static_int8.keep_input_float): IS-Net's ``p/255 - 0.5``
+    on onnxruntime's uint8 grid merged neighbouring pixel levels."""
+    build, data, _, _ = coded_build
+    for variant in ("int8", "int8p3"):
+        model = onnx.load(str(build / data["variants"][variant]["path"]))
+        inputs = {i.name for i in model.graph.input}
+        readers = [n.op_type for n in model.graph.node if inputs & set(n.input)]
+        assert readers and "QuantizeLinear" not in readers, (variant, readers)
+
+
+def test_keep_input_float_rounds_no_pixel():
+    """A photo normalised as IS-Net does (p/255 - 0.5) through a Q/DQ pair with onnxruntime's 1/255 step and
+    zero point 128 loses levels (each value sits half-way between two); with the pair removed all 256 levels
+    reach the Conv, which still runs."""
+    import onnxruntime as ort
+    from onnx import helper
+
+    from quantize.static_int8 import keep_input_float
+    scale = numpy_helper.from_array(np.array(1 / 255, np.float32), "s")
+    zero = numpy_helper.from_array(np.array(128, np.uint8), "z")
+    weight = numpy_helper.from_array(np.ones((1, 1, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("Conv", ["dq", "w"], ["y"])]
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, 16, 16])
+    graph = helper.make_graph(nodes, "input", [io("x")], [io("y")], [scale, zero, weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (np.arange(256, dtype=np.float32).reshape(1, 1, 16, 16) / 255 - 0.5).astype(np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert len(np.unique(before)) < 240  # half-way values rounded either side: neighbouring levels merged
+    assert keep_input_float(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv"]
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(after, x)
+
+
 def test_keep_head_float_on_a_graph_whose_outputs_share_a_tail():
     """Two outputs behind one Q/DQ pair: the pair goes once, the outputs keep their names, the graph still runs."""
     import onnxruntime as ort
@@ -209,3 +246,12 @@ def test_keep_head_float_on_a_graph_whose_outputs_share_a_tail():
     alpha, relu = ort.InferenceSession(model.SerializeToString()).run(["alpha", "relu"], {"x": x})
     np.testing.assert_allclose(alpha, 1 / (1 + np.exp(-x)), rtol=1e-6)  # no 0.1 grid any more
     np.testing.assert_allclose(relu, np.maximum(x, 0))
+
+
+def test_a_coded_variant_is_remade_when_the_int8_recipe_changes():
+    """The coded recipe records the int8 recipe's params (calibration photos, float input and head): a build made
+    before a change to int8 must not keep a coded variant on the old base."""
+    from models.registry import get_model_config
+    from quantize.recipes import Calibration, get_recipe
+    config, calibration = get_model_config("isnet-imgly"), Calibration([], lambda p: {}, {"a.jpg": "0" * 64})
+    assert get_recipe("int8p3").params(config, calibration)["int8"] == get_recipe("int8").params(config, calibration)
