@@ -179,9 +179,9 @@ def _plots(report: dict, out: Path, rec: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [r for r in report["rows"] if r["kind"] in ("onnx", "peer")]
+    shown = sorted((r for r in report["rows"] if r["kind"] in ("onnx", "peer")), key=wire_bytes)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r in shown:
+    for i, r in enumerate(shown):
         x, y = wire_bytes(r) / 1e6, quality_score(r)
         coded = bool(r["size"].get("ccw"))
         style = ("x", "tab:red") if r["kind"] == "peer" else (("o", "tab:blue") if coded else ("s", "tab:gray"))
@@ -189,7 +189,9 @@ def _plots(report: dict, out: Path, rec: dict) -> None:
         ax.scatter([x], [y], marker=style[0], zorder=3, color="white" if failed else style[1],
                    edgecolors=style[1] if style[0] != "x" else None)
         label = r["name"] + (" (default)" if r["name"] == rec.get("default") else "") + (" (gate: fail)" if failed else "")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # neighbours by size take turns right-above, right-below and left-above: coded variants sit close together
+        offset, align = [((5, 4), "left"), ((5, -11), "left"), ((-5, 6), "right")][i % 3]
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=offset, ha=align, fontsize=8)
     frontier = sorted((wire_bytes(r) / 1e6, quality_score(r)) for r in shown if r["size"].get("ccw"))
     if len(frontier) > 1:
         ax.plot(*zip(*frontier), color="tab:blue", alpha=0.5, zorder=2)
