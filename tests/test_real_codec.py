@@ -72,7 +72,8 @@ def test_the_coded_graph_cuts_like_fp32(real_coded):
         session = cpu_session(build / data["variants"][variant]["path"])
         alphas[variant] = alpha_to_image_size(session.run(None, {"input": preprocess(rgb, pre)})[0][0, 0],
                                               rgb.shape[:2])
-    # 0.963 measured: at 512² on two calibration photos with widths 3/8 only (the shipped variant: 1024², 46
-    # photos, widths 2–8, IoU 0.9997 on this photo); a broken codec or decode lands far below
+    # measured: IoU 0.963, mean |Δalpha| 0.020 (int8 alone 0.991 / 0.004) at 512² on two calibration photos with
+    # widths 3/8 only (the shipped variant: 1024², 46 photos, widths 2–8, IoU 0.9997 on this photo); a broken
+    # codec or decode lands far off
     assert iou_at(alphas["int8p3"], alphas["fp32"]) >= 0.9
-    assert alphas["int8p3"][:60, :60].mean() < 0.1  # the flag and wall stay background
+    assert np.abs(alphas["int8p3"] - alphas["fp32"]).mean() <= 0.05
