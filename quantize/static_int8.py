@@ -86,30 +86,20 @@ def keep_head_float(model: onnx.ModelProto) -> int:
     the quantized head, 0.99065 / 0.9689 with it kept float."""
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    outputs = {o.name for o in graph.output}
-    pairs = []
-    for output in outputs:
-        tensor = output
+    quantizers = {}  # the QuantizeLinear nodes from the outputs back to the last Conv (outputs may share a tail)
+    for output in graph.output:
+        tensor = output.name
         while tensor in producer and producer[tensor].op_type != "Conv":
             node = producer[tensor]
             upstream = producer.get(node.input[0])
             if node.op_type == "DequantizeLinear" and upstream is not None and upstream.op_type == "QuantizeLinear":
-                if not any(dq is node for _, dq in pairs):  # outputs may share a tail
-                    pairs.append((upstream, node))
+                quantizers[id(upstream)] = upstream
                 tensor = upstream.input[0]
             else:
                 tensor = node.input[0]
-    for quantize, dequantize in pairs:
-        source, target = quantize.input[0], dequantize.output[0]
-        graph.node.remove(quantize)
-        graph.node.remove(dequantize)
-        for node in graph.node:
-            if target in outputs:  # a graph output keeps its name: the float tensor takes it
-                node.output[:] = [target if o == source else o for o in node.output]
-                node.input[:] = [target if i == source else i for i in node.input]
-            else:
-                node.input[:] = [source if i == target else i for i in node.input]
-    return len(pairs)
+    for quantize in quantizers.values():
+        _remove_pair(graph, quantize)
+    return len(quantizers)
 
 
 def keep_input_float(model: onnx.ModelProto) -> int:
@@ -126,16 +116,32 @@ def keep_input_float(model: onnx.ModelProto) -> int:
     Returns the pairs removed."""
     graph = model.graph
     inputs = {i.name for i in graph.input}
+    outputs = {o.name for o in graph.output}
     removed = 0
     for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in inputs]:
-        dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]]
-        readers = [n for n in graph.node if quantize.output[0] in n.input and n not in dequantizers]
-        if readers or any(d.output[0] in {o.name for o in graph.output} for d in dequantizers):
-            continue  # something needs the quantized tensor itself: leave the pair
-        for dequantize in dequantizers:
-            for node in graph.node:
-                node.input[:] = [quantize.input[0] if i == dequantize.output[0] else i for i in node.input]
-            graph.node.remove(dequantize)
-        graph.node.remove(quantize)
+        readers = [n for n in graph.node if quantize.output[0] in n.input]
+        if any(n.op_type != "DequantizeLinear" or n.output[0] in outputs for n in readers):
+            continue  # something needs the quantized tensor itself (or a graph input would need renaming)
+        _remove_pair(graph, quantize)
         removed += 1
     return removed
+
+
+def _remove_pair(graph: onnx.GraphProto, quantize: onnx.NodeProto) -> None:
+    """Drop ``quantize`` and the DequantizeLinear nodes that read it; their readers read the float tensor again.
+    A dequantized graph output keeps its name: the float tensor takes it."""
+    source = quantize.input[0]
+    outputs = {o.name for o in graph.output}
+    dequantizers = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]]
+    graph.node.remove(quantize)
+    for dequantize in dequantizers:
+        target = dequantize.output[0]
+        graph.node.remove(dequantize)
+        for node in graph.node:
+            if target in outputs:
+                node.output[:] = [target if o == source else o for o in node.output]
+                node.input[:] = [target if i == source else i for i in node.input]
+            else:
+                node.input[:] = [source if i == target else i for i in node.input]
+        if target in outputs:
+            source = target
