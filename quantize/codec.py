@@ -161,7 +161,6 @@ def widths_for(size: int) -> tuple[int, ...]:
 class Allocation:
     bits: dict[str, int]  # node name → width (8: uncoded)
     average_bits: float  # per Conv weight, 8 for the uncoded
-    predicted_error: float  # Σ sensitivity × relative error
 
 
 def allocate(sizes: Mapping[str, int], errors: Mapping[str, Mapping[int, float]], budget: float,
@@ -198,8 +197,7 @@ def allocate(sizes: Mapping[str, int], errors: Mapping[str, Mapping[int, float]]
         if lo > 0 and hi / lo < 1 + 1e-9:
             break
     choice = choose(hi)
-    return Allocation(choice, sum(sizes[n] * b for n, b in choice.items()) / total,
-                      sum(weight[n] * errors[n].get(b, 0.0) for n, b in choice.items()))
+    return Allocation(choice, sum(sizes[n] * b for n, b in choice.items()) / total)
 
 
 # ---------------------------------------------------------------- the coded graph and its container

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from threadpoolctl import threadpool_limits
 
@@ -165,7 +165,3 @@ def load_moments(folder: Path, names: Iterable[str] | None = None, mmap: bool = 
                                      np.load(folder / f"{i}.s.npy"), int(n))
     return out
 
-
-def weights_of(model: onnx.ModelProto, specs: Sequence[ConvSpec]) -> dict[str, np.ndarray]:
-    initializers = {i.name: i for i in model.graph.initializer}
-    return {s.weight: numpy_helper.to_array(initializers[s.weight]) for s in specs}
