@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from common.contract import INPUT_NAME
@@ -12,14 +13,16 @@ from common.memory import release_memory
 from common.onnx_graph import runtime_session_config
 
 
-def cpu_session(path: Path, threads: int = 2) -> ort.InferenceSession:
+def cpu_session(graph: Path | onnx.ModelProto, threads: int = 2) -> ort.InferenceSession:
+    """A CPU session of a graph file or an in-memory graph, with the session config the graph asks for."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    for key, value in runtime_session_config(path).items():
+    for key, value in runtime_session_config(graph).items():
         options.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = graph.SerializeToString() if isinstance(graph, onnx.ModelProto) else str(graph)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def run_stage(session: ort.InferenceSession, values: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -14,8 +14,8 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
+from common.sessions import cpu_session
 from quantize.codec import Coded, Layer, apply
 
 PROBE_BITS = 2
@@ -26,16 +26,8 @@ def group_of(node: str) -> str:
     return "/".join(parts[:3]) if len(parts) > 3 else node
 
 
-def _session(model: onnx.ModelProto, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def _outputs(model: onnx.ModelProto, inputs: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    session = _session(model)
+    session = cpu_session(model)
     return [session.run(None, x)[0] for x in inputs]
 
 
