@@ -386,11 +386,12 @@ def check_import(config: ModelConfig, model: torch.nn.Module, source_onnx: Path,
 
 
 def format_table(data: dict) -> str:
-    rows = [f"{'variant':<8} {'MB':>8} {'gzip MB':>8} {'max abs':>9} {'IoU mean':>9} {'IoU worst':>9} "
+    width = max([8, *map(len, data["variants"])])
+    rows = [f"{'variant':<{width}} {'MB':>8} {'gzip MB':>8} {'max abs':>9} {'IoU mean':>9} {'IoU worst':>9} "
             f"{'CPU ms':>8}  gate"]
     for name, v in data["variants"].items():
         p = v["parity"]
-        rows.append(f"{name:<8} {v['bytes'] / 1e6:>8.2f} {v['gzip_bytes'] / 1e6:>8.2f} {p['max_abs']:>9.2e} "
+        rows.append(f"{name:<{width}} {v['bytes'] / 1e6:>8.2f} {v['gzip_bytes'] / 1e6:>8.2f} {p['max_abs']:>9.2e} "
                     f"{p['iou_mean']:>9.5f} {p['iou_worst']:>9.5f} {v['cpu_latency_ms']:>8.0f}  "
                     f"{'pass' if p['passed'] else 'FAIL'}")
     return "\n".join(rows)

@@ -98,7 +98,8 @@ DEFAULT_THRESHOLDS: dict[str, ParityThresholds] = {
 }
 # Coded variants (quantize/codec.py): the int8 graph with its conv weights on per-row palettes, the value the
 # average entropy-coded bits per conv weight. They compute exactly as int8 does: int8's thresholds.
-CODED_VARIANTS: dict[str, float] = {"int8p2": 2.0, "int8p2_5": 2.5, "int8p3": 3.0, "int8p3_5": 3.5, "int8p4": 4.0}
+CODED_VARIANTS: dict[str, float] = {"int8p2": 2.0, "int8p2_5": 2.5, "int8p2_68": 2.68, "int8p3": 3.0, "int8p3_5": 3.5,
+                                     "int8p4": 4.0}
 DEFAULT_THRESHOLDS.update({name: DEFAULT_THRESHOLDS["int8"] for name in CODED_VARIANTS})
 
 SHIPPED_VARIANTS = ("fp32", "fp16", "int8w", "int8")  # every variant name: quantize.recipes.ALL_VARIANTS
@@ -172,12 +173,13 @@ register(ModelConfig(
     # onnxruntime 1.32 rounded both to uint8 grids (quantize.static_int8), which cost the gate on the parity photos
     # (IoU mean 0.98759 → 0.99430 without them) and 0.0076 weighted F vs ground truth (eval-dev: now 0.8751, fp32
     # 0.8750).
-    # The default download is the coded int8p3_5 (int8's kernels, conv weights on palettes of 3.5 entropy-coded
-    # bits on average): 19.1 MB brotli vs int8's 38.6 MB and imgly small's 30.3 MB, through the gate (0.99092 /
-    # 0.96526), weighted F 0.8796 on eval-dev (fp32 0.8750). int8p2…int8p3 are smaller (11.0–16.6 MB) but miss
-    # the gate on rocket.jpg (built when named).
-    default_variants=(*SHIPPED_VARIANTS, "int8p3_5"),
-    bundle_default_order=("int8p3_5", "int8", "int8w", "fp16", "fp32"),
+    # The default download is the coded int8p2_68 (int8's kernels, conv weights on palettes of 2.68 entropy-coded
+    # bits on average, each layer's width weighted by its own measured effect on alpha): 14.97 MB brotli vs int8's
+    # 38.6 MB and imgly small's 30.3 MB, through the gate (0.99292 / 0.97285), weighted F WF_P268 on eval-dev (fp32
+    # 0.8750). int8p3_5 (19.2 MB, 0.99213 / 0.96941) is built too, the bundle's next choice. int8p2 / int8p2_5
+    # (11.0 / 13.7 MB) miss the gate on rocket.jpg (built when named).
+    default_variants=(*SHIPPED_VARIANTS, "int8p2_68", "int8p3_5"),
+    bundle_default_order=("int8p2_68", "int8p3_5", "int8", "int8w", "fp16", "fp32"),
     sources=(WeightSource(
         url="https://registry.npmjs.org/@imgly/background-removal-data/-/background-removal-data-1.4.5.tgz",
         sha256="ca7789abb39370727c9a098310b53bce41518d200000423c7107f8c01bbce946",

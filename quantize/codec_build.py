@@ -28,7 +28,7 @@ from models.weights import cache_dir
 from quantize import ccw
 from quantize.codec import (DAMP, DAMP_MAX, DAMP_MIN, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply,
                             code_layer, container_tensors, layers_of, widths_for)
-from quantize.codec_sensitivity import PROBE_BITS, group_of, measure_sensitivity
+from quantize.codec_sensitivity import PROBE_BITS, measure_sensitivity
 from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, conv_specs, load_moments,
                                   save_moments)
 
@@ -45,7 +45,8 @@ class CodecSettings:
     damp: float = DAMP
     refits: int = REFITS
     keep_first_last: bool = True  # the first Conv (sees the image) and the last (the alpha head) stay int8
-    sensitivity: bool = True  # weight layer errors by their stage's measured effect on alpha (codec_sensitivity)
+    # "layer": weight each layer's error by its measured effect on alpha (codec_sensitivity); "": unweighted
+    sensitivity: str = "layer"
 
 
 def codec_photos(build_photos: Sequence[Path]) -> list[Path]:
@@ -158,9 +159,9 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
     groups = {}
     if settings.sensitivity:
-        groups = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS), sensitivity_photos(photos), load,
-                                 list(fixed), log)
-    weight = {node: groups.get(group_of(node), 1.0) for node in sizes}
+        groups = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS, settings.sensitivity),
+                                 sensitivity_photos(photos), load, list(fixed), log)
+    weight = {node: groups.get(node, 1.0) for node in sizes}
     rates = {}
 
     def rate(node: str, bits: int) -> float:

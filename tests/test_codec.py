@@ -135,6 +135,9 @@ def test_coded_variants_pass_the_gate_with_their_containers(coded_build):
         assert set(bits.values()) <= {2, 3, 4, 8} and 2 in bits.values()
         first, *_, last = bits.values()
         assert first == last == 8  # the first Conv and the alpha head stay int8
+        # each coded layer's error is weighted by its own measured effect on alpha (codec_sensitivity)
+        assert set(allocation["sensitivity"]) == set(list(bits)[1:-1])
+        assert min(allocation["sensitivity"].values()) >= 0 < max(allocation["sensitivity"].values())
         _widths_hold(onnx_file, bits)
 
 

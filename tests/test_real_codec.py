@@ -37,7 +37,8 @@ def real_coded(tmp_path_factory):
         patch.setattr(codec, "WIDTHS", (3, 8))
         patch.setattr(codec_build, "WIDTHS", (3, 8))
         patch.setattr(codec_build, "REPO_PHOTOS", None)
-        patch.setattr(codec_build, "CodecSettings", functools.partial(codec_build.CodecSettings, refits=0))
+        patch.setattr(codec_build, "CodecSettings", functools.partial(codec_build.CodecSettings, refits=0,
+                                                                          sensitivity=""))
         data = run_export(ExportOptions(config=config, variants=["fp32", "int8", "int8p3"], weights=weights,
                                         input_size=(SIZE, SIZE), out_dir=out, parity_images=photos,
                                         calibration_images=photos, latency_runs=1, log=lambda *_: None))

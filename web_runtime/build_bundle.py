@@ -373,12 +373,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     total = sum(f["bytes"] for f in manifest["files"].values())
     print(f"{args.out}: {manifest['model']['name']}, runtime+ort {total / MIB:.1f} MiB")
+    width = max(map(len, manifest["variants"]), default=6)
     for name, v in manifest["variants"].items():
         parts = v.get("stages") or [v]
         staged = f" ({len(parts)} stages, run in sequence)" if "stages" in v else ""
         if "coded" in v:
             staged = f" ({v['coded']['bytes'] / MIB:.1f} MiB {v['coded']['format']} container, decoded in the worker)"
-        print(f"  {name:<6} {v['bytes'] / MIB:8.1f} MiB in {sum(len(p['chunks']) for p in parts)} chunk(s){staged}")
+        print(f"  {name:<{width}} {v['bytes'] / MIB:8.1f} MiB in {sum(len(p['chunks']) for p in parts)} chunk(s){staged}")
     return 0
 
 
