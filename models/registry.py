@@ -175,7 +175,7 @@ register(ModelConfig(
     # 0.8750).
     # The default download is the coded int8p2_68 (int8's kernels, conv weights on palettes of 2.68 entropy-coded
     # bits on average, each layer's width weighted by its own measured effect on alpha): 14.97 MB brotli vs int8's
-    # 38.6 MB and imgly small's 30.3 MB, through the gate (0.99292 / 0.97285), weighted F WF_P268 on eval-dev (fp32
+    # 38.6 MB and imgly small's 30.3 MB, through the gate (0.99292 / 0.97285), weighted F 0.8787 on eval-dev (fp32
     # 0.8750). int8p3_5 (19.2 MB, 0.99213 / 0.96941) is built too, the bundle's next choice. int8p2 / int8p2_5
     # (11.0 / 13.7 MB) miss the gate on rocket.jpg (built when named).
     default_variants=(*SHIPPED_VARIANTS, "int8p2_68", "int8p3_5"),
