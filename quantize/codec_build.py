@@ -157,11 +157,11 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     sizes = {layer.spec.node: layer.size for layer in layers}
     errors = {node: {b: c.error for b, c in by_bits.items()} for node, by_bits in table.items()}
     fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
-    groups = {}
+    measured = {}  # node → sensitivity
     if settings.sensitivity:
-        groups = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS, settings.sensitivity),
+        measured = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS, settings.sensitivity),
                                  sensitivity_photos(photos), load, list(fixed), log)
-    weight = {node: groups.get(node, 1.0) for node in sizes}
+    weight = {node: measured.get(node, 1.0) for node in sizes}
     rates = {}
 
     def rate(node: str, bits: int) -> float:
@@ -192,7 +192,7 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
                                                     "error": float(f"{coded[layer.spec.node].error:.4g}"),
                                                     "int8_error": float(f"{table[layer.spec.node][8].error:.4g}")}
                                   for layer in layers},
-                       "sensitivity": {g: float(f"{v:.4g}") for g, v in groups.items()}},
+                       "sensitivity": {n: float(f"{v:.4g}") for n, v in measured.items()}},
         "settings": asdict(settings),
     }
 
