@@ -8,7 +8,8 @@ VARIANTS ?=
 WEIGHTS ?=
 SIZE ?=
 DATA ?=
-EXPORT_ARGS := --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SIZE),--size $(SIZE))
+STRICT ?=
+EXPORT_ARGS := --model $(MODEL) $(if $(VARIANTS),--variants $(VARIANTS)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(if $(SIZE),--size $(SIZE)) $(if $(STRICT),--strict)
 
 DIST ?= dist
 PORT ?= 8080

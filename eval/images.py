@@ -15,6 +15,18 @@ from models.registry import Preprocessing
 # Real photos bundled inside the scikit-image wheel: present on any machine after `make setup`.
 SAMPLE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "camera.png")
 
+# The parity gate's photos: people, animals, products, objects, indoor and outdoor, from PyPI packages every setup
+# installs (package, file inside it) and data/parity-photos/ (street photos of people); never used to calibrate
+# or code a variant (data/calib-photos/ holds those; the export checks the two sets are disjoint by sha256).
+PACKAGE_GATE_PHOTOS = (*(("skimage", f"data/{name}") for name in SAMPLE_PHOTOS),
+                       ("sklearn", "datasets/images/china.jpg"), ("sklearn", "datasets/images/flower.jpg"),
+                       ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"))
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+GATE_FOLDER = REPO_DATA / "parity-photos"
+CALIBRATION_FOLDER = REPO_DATA / "calib-photos"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+INT8_CALIBRATION_PHOTOS = 10  # of the calibration set, spread over it: the int8 activation ranges
+
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR}
 
 # Refuse decompression bombs early with a clear message (Pillow's own guard only warns below 2x).
@@ -33,6 +45,29 @@ def sample_photos() -> list[Path]:
     if missing:
         raise FileNotFoundError(f"scikit-image sample photos missing: {missing}; run `make setup`")
     return paths
+
+
+def photos_in(folder: Path) -> list[Path]:
+    """The photos of ``folder`` in name order (empty when it does not exist)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES) if folder.is_dir() else []
+
+
+def gate_photos() -> list[Path]:
+    """The parity gate's photos: the PyPI packages' photos, then data/parity-photos/."""
+    paths = [Path(str(importlib.resources.files(package) / name)) for package, name in PACKAGE_GATE_PHOTOS]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"parity-gate photos missing: {missing}; run `make setup`")
+    return paths + photos_in(GATE_FOLDER)
+
+
+def calibration_photos(count: int | None = INT8_CALIBRATION_PHOTOS) -> list[Path]:
+    """``count`` photos spread over data/calib-photos/ (all of them for None): what calibrates a variant."""
+    photos = photos_in(CALIBRATION_FOLDER)
+    if count is None or count >= len(photos):
+        return photos
+    return photos[::len(photos) // count][:count]
 
 
 def load_rgb(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -27,12 +27,15 @@ def summarize_parity(per_image: Sequence[dict]) -> dict:
     """The summary of ``image_parity`` results: worst and mean difference, mean and worst IoU, and which image
     has the worst IoU."""
     ious = [p["iou"] for p in per_image]
+    worst = sorted(per_image, key=lambda p: (p["iou"], p["image"]))
     return {
         "max_abs": float(max(p["max_abs"] for p in per_image)),
         "mean_abs": float(np.mean([p["mean_abs"] for p in per_image])),
         "iou_mean": float(np.mean(ious)),
+        "iou_p10": float(np.percentile(ious, 10)),  # a low percentile: no single photo decides it
         "iou_worst": float(min(ious)),
         "worst_image": per_image[int(np.argmin(ious))]["image"],
+        "worst_images": [f"{p['image']} {p['iou']:.4f}" for p in worst[:3]],
     }
 
 
@@ -45,6 +48,7 @@ def compare(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray], nam
 def gate_failures(variant: str, numbers: dict, limits: ParityThresholds) -> list[str]:
     """Human-readable reasons a variant fails its thresholds (empty when it passes)."""
     failures = []
+    numbers = {"iou_p10": numbers.get("iou_worst"), **numbers}  # numbers recorded before the percentile
     for field in dataclasses.fields(limits):
         bound = getattr(limits, field.name)
         if bound is None:

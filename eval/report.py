@@ -51,7 +51,8 @@ def recommend(report: dict) -> dict:
     reference = next((r for r in onnx if r["name"] == report.get("reference")), None)
     if reference is not None:
         holding = [r for r in onnx if quality_score(r) >= quality_score(reference) - DEFAULT_TOLERANCE
-                   and r.get("gate_passed") is not False]  # only what the bundle may ship
+                   and r.get("gate_passed") is not False  # only what the bundle may ship ...
+                   and r.get("gate_clear") is not False]  # ... and may default to (passed by the margin)
         if holding:
             found["default"] = min(holding, key=lambda r: (wire_bytes(r), r["size"]["bytes"]))["name"]
             found["default_tolerance"] = DEFAULT_TOLERANCE

@@ -154,6 +154,8 @@ def row_report(row: Row, results: list[tuple[str, dict]], bench: Bench, out: Pat
         "parity": row.parity_summary([dict(image=r["image"], **r["parity"]) for r in records]),
         # the build's parity gate (models/registry.py thresholds on the parity photos); None: not a built variant
         "gate_passed": (getattr(row, "recorded", None) or {}).get("parity", {}).get("passed"),
+        # passed by more than the registry's margin: only such a variant becomes the bundle's default
+        "gate_clear": ((getattr(row, "recorded", None) or {}).get("gate") or {}).get("clear"),
         "quality": summarize([r["quality"] for r in records if "quality" in r]) if with_gt else None,
         "images": [{"image": r["image"], "parity": r["parity"],
                     "alpha_png": str(bench.cache.alpha_path(key).relative_to(out)),

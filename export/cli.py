@@ -33,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     p_exp.add_argument("--out", default="build")
     p_exp.add_argument("--parity-images", default="", help="folder of photos for the parity gate")
     p_exp.add_argument("--calibration-images", default="", help="folder of photos for int8 calibration")
+    p_exp.add_argument("--strict", action="store_true",
+                       help="fail on any variant below its gate (default: it is left out of dist/ and reported)")
+    p_exp.add_argument("--no-wasm-gate", action="store_true",
+                       help="gate in native onnxruntime only (default: onnxruntime-web's WASM engine decides)")
     p_cut = sub.add_parser("cut", help="remove the background of photos on this machine (eval/cut.py)",
                            description="Cut photos with a built variant, as the browser does. Outputs are "
                            "OUT/<input path relative to what was named, without suffix>.<format>; on a name clash "
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 out_dir=Path(args.out),
                 parity_images=_images(args.parity_images),
                 calibration_images=_images(args.calibration_images),
+                strict=args.strict,
+                wasm_gate=not args.no_wasm_gate,
             ))
     except (WeightsError, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -18,16 +18,16 @@ from safetensors.torch import load_file
 
 from common.contract import INPUT_NAME, OUTPUT_NAME
 from common.files import atomic_write_bytes, file_hashes, sha256_file
-from common.onnx_graph import webgpu_problems
+from common.onnx_graph import runtime_session_config, webgpu_problems
 from common.sessions import cpu_session, run_stage
-from eval.images import load_rgb, preprocess, sample_photos
+from eval.images import calibration_photos, gate_photos, load_rgb, preprocess
 from eval.latency import cpu_latency_ms
 from eval.parity import ParityGateError, compare, gate_failures
 from export.manifest import BuildManifest, describe_file, gzip_size, tool_versions
 from export.torch_to_onnx import export_onnx, export_stages, reference_alpha
 from models.architectures import build_model
 from models.checkpoint import load_into, load_model
-from models.registry import ModelConfig, Preprocessing
+from models.registry import CODED_VARIANTS, ModelConfig, Preprocessing
 from models.weights import pull
 from quantize.recipes import ALL_VARIANTS, BASE_VARIANT, Calibration, get_recipe
 
@@ -35,6 +35,7 @@ from quantize.recipes import ALL_VARIANTS, BASE_VARIANT, Calibration, get_recipe
 IMPORT_MAX_ABS = 2e-3
 IMPORT_MIN_IOU = 0.9999
 PARITY_FIELDS = ("max_abs", "mean_abs", "iou_mean", "iou_worst", "worst_image", "passed")
+SUMMARY_FIELDS = ("max_abs", "mean_abs", "iou_mean", "iou_p10", "iou_worst", "worst_image", "worst_images")
 
 
 @dataclass
@@ -44,8 +45,13 @@ class ExportOptions:
     weights: Path | None = None  # a local file instead of the registry's source
     input_size: tuple[int, int] | None = None  # None: the registry's size
     out_dir: Path = Path("build")
-    parity_images: Sequence[Path] | None = None  # None: the bundled sample photos
-    calibration_images: Sequence[Path] | None = None  # None: the parity images
+    parity_images: Sequence[Path] | None = None  # None: eval.images.gate_photos (29 photos)
+    calibration_images: Sequence[Path] | None = None  # None: eval.images.calibration_photos (data/calib-photos)
+    # Also run every variant in onnxruntime-web's WASM engine (the npm build the bundle ships, under Node, a fixed
+    # thread count) on the gate's photos; its numbers decide (WASM arithmetic does not depend on the CPU).
+    wasm_gate: bool = True
+    wasm_threads: int = 2
+    strict: bool = False  # any failed variant fails the export (else: it is left out of dist/ and reported)
     latency_runs: int = 3
     # Also export the registry's browser stages (graphs run one after another in the browser) and gate their
     # composition. None: when the registry lists stages; False: the single graph only.
@@ -95,8 +101,8 @@ class Build:
         self.pre: Preprocessing = (replace(config.preprocessing, input_size=tuple(opts.input_size))
                                    if opts.input_size else config.preprocessing)
         self.dir = Path(opts.out_dir) / config.name
-        self.images = list(opts.parity_images or sample_photos())
-        self.calibration_images = list(opts.calibration_images or self.images)
+        self.images = list(opts.parity_images or gate_photos())
+        self.calibration_images = list(opts.calibration_images or calibration_photos())
         self.reference = self.dir / "reference.safetensors"
         self.reference_outputs = self.dir / "reference_outputs.npz"
         stages = tuple(config.browser_stages) if opts.browser_stages is not False else ()
@@ -105,7 +111,26 @@ class Build:
         self.stages = stages
         self.compositions = [Composition("", (WHOLE,))] + ([Composition(":stages", stages)] if stages else [])
         self.stage_io: list[dict] = []  # the browser stages' inputs/outputs, from the export_stages step
+        self.photo_sets = self._photo_sets()
+        if opts.wasm_gate and (reason := _wasm().wasm_available()):
+            raise RuntimeError(f"the WASM gate cannot run: {reason}")
 
+    def _photo_sets(self) -> dict[str, dict[str, str]]:
+        """Every photo set by name → sha256; refuses a gate photo that also calibrates or codes a variant (the
+        gate would judge a variant on a photo that shaped it)."""
+        sets = {"gate": file_hashes(self.images), "int8_calibration": file_hashes(self.calibration_images)}
+        if any(v in CODED_VARIANTS for v in self.variants):
+            from quantize.codec_build import codec_photos, sensitivity_photos
+            codec = codec_photos(self.calibration_images)
+            sets["codec_statistics"] = file_hashes(codec)
+            sets["codec_sensitivity"] = file_hashes(sensitivity_photos(codec))
+        gate = {digest: name for name, digest in sets["gate"].items()}
+        shared = sorted({f"{gate[d]} ({kind})" for kind, photos in sets.items() if kind != "gate"
+                         for d in photos.values() if d in gate})
+        if shared:
+            raise ValueError("the parity gate's photos must not calibrate or code a variant; shared: "
+                             + ", ".join(shared) + " (pass --parity-images and --calibration-images apart)")
+        return sets
     @property
     def graphs(self) -> tuple[str, ...]:
         return (WHOLE, *self.stages)
@@ -232,11 +257,36 @@ def parity_step(build: Build, variant: str, composition: Composition) -> Step:
                 {"runs": build.opts.latency_runs} if timed else {}, {}, run)
 
 
+def wasm_parity_step(build: Build, variant: str) -> Step:
+    """The variant's whole graph in onnxruntime-web's WASM engine under Node (the engine and session settings the
+    browser runtime uses, a fixed thread count) on the parity photos, against the torch reference."""
+    path = build.path(variant)
+
+    def run() -> dict:
+        references = np.load(build.reference_outputs)
+        names = [p.name for p in build.images]
+        outputs = _wasm().run_wasm(path, build.inputs(), threads=build.opts.wasm_threads,
+                           session_config=runtime_session_config(path),
+                           progress=lambda i, n: build.log(f"  wasm {variant}: {i}/{n} photos") if i % 10 == 0 else None)
+        return compare(outputs, [references[n] for n in names], names)
+
+    return Step(f"parity_wasm:{variant}", {"variant": path, "reference_outputs": build.reference_outputs},
+                {"engine": f"onnxruntime-web {_wasm().WASM_ENGINE_VERSION}", "threads": build.opts.wasm_threads}, {}, run)
+
+
+def _wasm():
+    """eval.wasm_engine, imported when the WASM gate runs."""
+    from eval import wasm_engine
+    return wasm_engine
+
+
 def plan(build: Build, weights: Path, weight_format: str | None) -> list[Step]:
     """Every step of the export, in order. Variant and parity steps of every graph come from the same loop."""
     steps = [import_step(build, weights, weight_format), reference_outputs_step(build), *export_steps(build)]
     steps += [variant_step(build, v, g) for v in build.variants if v != BASE_VARIANT for g in build.graphs]
     steps += [parity_step(build, v, c) for v in build.variants for c in build.compositions]
+    if build.opts.wasm_gate:
+        steps += [wasm_parity_step(build, v) for v in build.variants]
     return steps
 
 
@@ -257,7 +307,7 @@ def run_export(opts: ExportOptions) -> dict:
         if step.name == "export_stages":
             build.stage_io = record["result"]["stages"]
 
-    parity, failures = gate(build, results)
+    parity, failures, fatal = gate(build, results)
     atomic_write_bytes(build.dir / "parity.json", (json.dumps(parity, indent=2) + "\n").encode())
     manifest.data.update({
         "model": model_info(config),
@@ -267,27 +317,84 @@ def run_export(opts: ExportOptions) -> dict:
         "variants": {v: describe_variant(build, v, parity[v], manifest.data.get("variants", {}).get(v, {}))
                      for v in build.variants},
         "parity_images": [p.name for p in build.images],
+        "photo_sets": build.photo_sets,
         "tools": tool_versions(),
-        "gate": {"passed": not failures, "failures": failures},
+        "gate": {"passed": not failures, "failures": failures,
+                 "engine": "onnxruntime-web wasm" if build.opts.wasm_gate else "onnxruntime native",
+                 "failed_variants": [v for v in build.variants if not parity[v]["passed"]],
+                 "margin": {k: v for k, v in vars(config.gate_margin).items() if v is not None}},
     })
     manifest.save()
     build.log(format_table(manifest.data))
+    for line in reproduction_report(config, manifest.data["variants"]):
+        build.log(line)
+    usable = [v for v in config.bundle_default_order if v in build.variants and parity[v]["passed"]]
+    if fatal or (failures and opts.strict) or not usable:
+        why = ("" if fatal or opts.strict else
+               f"\n  no variant of the bundle's default order ({', '.join(config.bundle_default_order)}) passed")
+        raise ParityGateError("parity gate failed:\n  " + "\n  ".join(failures) + why)
     if failures:
-        raise ParityGateError("parity gate failed:\n  " + "\n  ".join(failures))
+        build.log(failure_banner(failures, parity))
     return manifest.data
 
 
-def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[str]]:
+def failure_banner(failures: list[str], parity: dict) -> str:
+    """What the export prints when some variants failed and the others still ship: each failure and the photos
+    the failed variant did worst on."""
+    lines = ["", "!" * 78, "PARITY GATE: these variants FAILED and are left out of dist/ (STRICT=1 makes this an error):"]
+    lines += [f"  {f}" for f in failures]
+    for variant, numbers in parity.items():
+        if not numbers["passed"]:
+            lines.append(f"  {variant} worst photos ({numbers['engine']}): {', '.join(numbers['worst_images'])}")
+    return "\n".join(lines + ["!" * 78])
+
+
+def reproduction_report(config: ModelConfig, variants: dict) -> list[str]:
+    """Whether this build's files are the bytes the README's numbers were measured on (the registry's
+    ``measured_sha256``)."""
+    lines = []
+    for variant, expected in config.measured_sha256.items():
+        got = variants.get(variant, {}).get("sha256")
+        if got is None:
+            continue
+        if got == expected:
+            lines.append(f"{variant}: reproduced the measured bytes (sha256 {got[:12]}…): the README's numbers are this file's")
+        else:
+            lines.append(f"{variant}: NOT the measured bytes (sha256 {got[:12]}…, measured {expected[:12]}…): this "
+                         "machine's kernels gave other bytes; the gate above judged this file")
+    return lines
+
+
+def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[str], list[str]]:
     """Every variant's parity numbers with its registry thresholds and verdict (the browser stages' under
-    ``stages``), and all failures: parity below the thresholds, and graphs WebGPU would reject."""
-    failures = [f"{name}: WebGPU: {problem}" for name in ("export", "export_stages")
-                for problem in results.get(name, {}).get("webgpu_problems", [])]
+    ``stages``), all failures (parity below the thresholds, graphs WebGPU would reject), and the fatal ones
+    among them (the graph problems, which no variant escapes).
+
+    The whole graph's verdict is taken on the WASM engine's numbers when the WASM gate ran (what users run;
+    native numbers are recorded beside them under ``native``); ``clear`` says whether the variant also passes
+    its thresholds moved by the registry's ``gate_margin`` (only such a variant becomes the bundle's default)."""
+    fatal = [f"{name}: WebGPU: {problem}" for name in ("export", "export_stages")
+             for problem in results.get(name, {}).get("webgpu_problems", [])]
+    failures = list(fatal)
     parity: dict[str, dict] = {}
     for variant in build.variants:
         limits = build.config.thresholds.get(variant)
         for composition in build.compositions:
-            numbers = dict(results[f"parity:{variant}{composition.suffix}"])
-            found = gate_failures(variant, numbers, limits) if limits else []
+            native = dict(results[f"parity:{variant}{composition.suffix}"])
+            wasm = results.get(f"parity_wasm:{variant}") if not composition.suffix else None
+            numbers = dict(wasm) if wasm else dict(native)
+            label = f"{variant} (wasm)" if wasm else variant
+            found = gate_failures(label, numbers, limits) if limits else []
+            if not composition.suffix:
+                numbers["engine"] = "wasm" if wasm else "native"
+                numbers["latency"] = native.get("latency")
+                numbers["native"] = {k: native.get(k) for k in SUMMARY_FIELDS}
+                numbers["native_passed"] = not (gate_failures(variant, native, limits) if limits else [])
+                numbers["native_images"] = native.get("images")
+                if wasm:
+                    numbers["wasm"] = {k: wasm.get(k) for k in SUMMARY_FIELDS}
+                numbers["clear"] = not found and not (
+                    gate_failures(label, numbers, limits.tightened(build.config.gate_margin)) if limits else [])
             if composition.suffix:
                 numbers["failures"] = [f"{f} (browser stages)" for f in found]
             else:
@@ -297,9 +404,11 @@ def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[
             failures += numbers["failures"]
             if composition.suffix:
                 parity[variant]["stages"] = numbers
+                if numbers["failures"]:  # a variant ships as its stages: failing them fails it
+                    parity[variant].update(passed=False, clear=False)
             else:
                 parity[variant] = numbers
-    return parity, failures
+    return parity, failures, fatal
 
 
 def model_info(config: ModelConfig) -> dict:
@@ -321,6 +430,8 @@ def describe_variant(build: Build, variant: str, parity: dict, previous: dict) -
     same = previous.get("sha256") == info["sha256"] and "gzip_bytes" in previous
     info["gzip_bytes"] = previous["gzip_bytes"] if same else gzip_size(path)
     info["parity"] = {k: parity[k] for k in PARITY_FIELDS}
+    info["gate"] = {k: parity[k] for k in ("engine", "clear", "native_passed", "iou_p10", "worst_images", "native",
+                                            "wasm", "thresholds") if k in parity}
     info["cpu_latency_ms"] = parity["latency"]["median_ms"]
     if build.stages:
         info["stages"] = [{**describe_file(build.path(variant, s["name"])), "name": s["name"],

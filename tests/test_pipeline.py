@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from eval.images import load_rgb, preprocess, sample_photos
+from eval.images import calibration_photos, gate_photos, load_rgb, preprocess, sample_photos
 from eval.parity import ParityGateError
 from common.onnx_graph import get_metadata
 from export.pipeline import ExportOptions, run_export
@@ -56,7 +56,7 @@ def test_every_variant_is_written_with_numbers(tiny_build):
     assert sizes["fp16"] < 0.6 * sizes["fp32"] and sizes["int8w"] < 0.4 * sizes["fp32"]
     assert data["variants"]["fp32"]["parity"]["max_abs"] < 1e-4
     parity = json.loads((build / "parity.json").read_text())
-    assert set(parity) == set(VARIANTS) and len(parity["fp32"]["images"]) == len(sample_photos())
+    assert set(parity) == set(VARIANTS) and len(parity["fp32"]["images"]) == len(gate_photos()) >= 24
 
 
 def test_manifest_and_metadata_carry_the_registry(tiny_build):
@@ -110,14 +110,63 @@ def test_rerun_skips_and_export_is_deterministic(tiny_build, tmp_path):
         assert fresh["variants"][variant]["sha256"] == data["variants"][variant]["sha256"], variant
 
 
-def test_gate_failure_names_variant_and_numbers(tiny_u2netp_weights, tmp_path, loose_u2netp):
+def test_a_failed_variant_fails_alone(tiny_u2netp_weights, tmp_path, loose_u2netp):
+    """A variant below its gate is reported (name, numbers, worst photos) and left out of dist/; the export still
+    succeeds while the bundle's default order has a passing variant. STRICT (--strict) makes it an error."""
+    from web_runtime.build_bundle import build_bundle
+
     strict = dataclasses.replace(loose_u2netp, thresholds={**loose_u2netp.thresholds,
                                                            "int8w": ParityThresholds(iou_mean=1.01)})
-    with pytest.raises(ParityGateError, match=r"int8w: iou_mean = [0-9.]+ < 1.01"):
-        run_export(ExportOptions(config=strict, variants=["fp32", "int8w"], weights=tiny_u2netp_weights,
-                                 input_size=(SIZE, SIZE), out_dir=tmp_path, latency_runs=1, log=lambda _: None))
+    logs: list[str] = []
+    options = ExportOptions(config=strict, variants=["fp32", "int8w"], weights=tiny_u2netp_weights,
+                            input_size=(SIZE, SIZE), out_dir=tmp_path, latency_runs=1, log=logs.append)
+    data = run_export(options)
+    assert data["gate"]["passed"] is False and data["gate"]["failed_variants"] == ["int8w"]
+    assert "int8w (wasm): iou_mean" in data["gate"]["failures"][0]
+    banner = "\n".join(logs)
+    assert "FAILED and are left out of dist/" in banner and "int8w worst photos (wasm):" in banner
+    bundle = build_bundle(tmp_path / "u2netp", tmp_path / "dist")
+    assert set(bundle["variants"]) == {"fp32"} and bundle["default_variant"] == "fp32"
+    with pytest.raises(ParityGateError, match=r"int8w \(wasm\): iou_mean = [0-9.]+ < 1.01"):
+        run_export(dataclasses.replace(options, strict=True, log=lambda _: None))
     manifest = json.loads((tmp_path / "u2netp" / "manifest.json").read_text())
     assert manifest["gate"]["passed"] is False and "int8w" in manifest["gate"]["failures"][0]
+
+
+def test_no_passing_variant_in_the_default_order_fails(tiny_u2netp_weights, tmp_path, loose_u2netp):
+    failing = dataclasses.replace(loose_u2netp, thresholds={**loose_u2netp.thresholds,
+                                                            "fp32": ParityThresholds(max_abs=-1.0)})
+    with pytest.raises(ParityGateError, match="no variant of the bundle's default order"):
+        run_export(ExportOptions(config=failing, variants=["fp32"], weights=tiny_u2netp_weights, wasm_gate=False,
+                                 input_size=(SIZE, SIZE), out_dir=tmp_path, latency_runs=1, log=lambda _: None))
+
+
+def test_gate_photos_are_disjoint_from_calibration(tiny_u2netp_weights, tmp_path, loose_u2netp):
+    """The default gate photos (>= 24, several kinds) share none with the calibration photos, the manifest lists
+    both sets by sha256, and a gate photo that also calibrates is refused."""
+    data = run_export(ExportOptions(config=loose_u2netp, variants=["fp32"], weights=tiny_u2netp_weights,
+                                    wasm_gate=False, input_size=(SIZE, SIZE), out_dir=tmp_path, latency_runs=1,
+                                    log=lambda _: None))
+    sets = data["photo_sets"]
+    assert len(sets["gate"]) == len(gate_photos()) >= 24 and len(sets["int8_calibration"]) == len(calibration_photos())
+    assert not set(sets["gate"].values()) & set(sets["int8_calibration"].values())
+    shared = [gate_photos()[0], calibration_photos()[0]]
+    with pytest.raises(ValueError, match="must not calibrate or code a variant; shared: astronaut.png"):
+        run_export(ExportOptions(config=loose_u2netp, variants=["fp32", "int8"], weights=tiny_u2netp_weights,
+                                 parity_images=shared, calibration_images=shared, out_dir=tmp_path / "x",
+                                 log=lambda _: None))
+
+
+def test_the_default_must_clear_the_gate_by_the_margin():
+    """The bundle defaults to the first variant of the order that passed by more than the registry's margin."""
+    from web_runtime.build_bundle import default_variant
+
+    entries = {"int8p2_68": {"gate": {"clear": False}}, "int8p3_5": {"gate": {"clear": True}}, "int8": {}}
+    assert default_variant(entries, "isnet-imgly") == "int8p3_5"
+    entries["int8p3_5"]["gate"]["clear"] = False
+    assert default_variant(entries, "isnet-imgly") == "int8"
+    limits = ParityThresholds(iou_mean=0.99, mean_abs=0.006).tightened(ParityThresholds(iou_mean=0.002, mean_abs=0.001))
+    assert limits.iou_mean == pytest.approx(0.992) and limits.mean_abs == pytest.approx(0.005) and limits.max_abs is None
 
 
 def test_unknown_variant_and_model_are_refused(tmp_path):

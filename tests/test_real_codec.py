@@ -13,7 +13,7 @@ import pytest
 
 from common.files import sha256_file
 from common.sessions import cpu_session
-from eval.images import alpha_to_image_size, load_rgb, preprocess, sample_photos
+from eval.images import alpha_to_image_size, calibration_photos, load_rgb, preprocess, sample_photos
 from eval.parity import iou_at
 from export.pipeline import ExportOptions, run_export
 from models.registry import DEFAULT_MODEL, ParityThresholds, get_model_config
@@ -41,7 +41,8 @@ def real_coded(tmp_path_factory):
                                                                           sensitivity=""))
         data = run_export(ExportOptions(config=config, variants=["fp32", "int8", "int8p3"], weights=weights,
                                         input_size=(SIZE, SIZE), out_dir=out, parity_images=photos,
-                                        calibration_images=photos, latency_runs=1, log=lambda *_: None))
+                                        calibration_images=calibration_photos(2), wasm_gate=False,
+                                        latency_runs=1, log=lambda *_: None))
     return out / DEFAULT_MODEL, data
 
 

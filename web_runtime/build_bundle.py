@@ -292,7 +292,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
             "output": build["output"],
             "refine": json.loads(REFINE_PARAMS.read_text()),
             "variants": out_variants,
-            "default_variant": default_variant(out_variants, build["model"]["name"]),
+            "default_variant": default_variant(out_variants, build["model"]["name"], available),
             "runtime": {
                 "module": "clearcut.js", "worker": "worker.js",
                 "ort": {b: f"{ort_dir}/{ORT_ENTRY[b]}" for b in backends},
@@ -326,13 +326,17 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
         raise
 
 
-def default_variant(variants: dict, model: str) -> str:
-    """The first of the model's `bundle_default_order` (models/registry.py: why, with numbers) the bundle has;
-    only variants that passed the parity gate get here unless named."""
+def default_variant(variants: dict, model: str, build_variants: dict | None = None) -> str:
+    """The first of the model's `bundle_default_order` (models/registry.py: why, with numbers) the bundle has
+    whose gate is `clear` in the build (passed by more than the registry's measured margin, so not by luck on
+    this machine), else the first of the order the bundle has; only variants that passed the parity gate get
+    here unless named. ``build_variants``: the build manifest's entries (default: ``variants`` themselves)."""
     from models.registry import REGISTRY
     config = REGISTRY.get(model)
-    order = config.bundle_default_order if config else ("int8", "int8w", "fp16", "fp32")
-    return next((v for v in order if v in variants), next(iter(variants)))
+    order = [v for v in (config.bundle_default_order if config else ("int8", "int8w", "fp16", "fp32")) if v in variants]
+    entries = build_variants if build_variants is not None else variants
+    clear = [v for v in order if ((entries.get(v) or {}).get("gate") or {}).get("clear", True)]
+    return next(iter(clear or order), next(iter(variants)))
 
 
 def _stamp_demo(root: Path, files: dict) -> None:
