@@ -1,6 +1,7 @@
 """onnxruntime CPU sessions, opened with the settings the graph itself asks for, and graphs run in sequence."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -13,11 +14,22 @@ from common.memory import release_memory
 from common.onnx_graph import runtime_session_config
 
 
-def cpu_session(graph: Path | onnx.ModelProto, threads: int = 2) -> ort.InferenceSession:
-    """A CPU session of a graph file or an in-memory graph, with the session config the graph asks for."""
+def default_threads() -> int:
+    """onnxruntime intra-op threads when the caller names none: ``$CLEARCUT_THREADS``, else 2."""
+    return int(os.environ.get("CLEARCUT_THREADS") or 2)
+
+
+def cpu_session(graph: Path | onnx.ModelProto, threads: int | None = None,
+                optimization: ort.GraphOptimizationLevel | None = None) -> ort.InferenceSession:
+    """A CPU session of a graph file or an in-memory graph, with the session config the graph asks for;
+    sequential execution, ``threads`` intra-op threads (None: ``default_threads``); ``optimization``: the graph
+    optimization level (None: onnxruntime's default, all)."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or default_threads()
     options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if optimization is not None:
+        options.graph_optimization_level = optimization
     options.log_severity_level = 3
     for key, value in runtime_session_config(graph).items():
         options.add_session_config_entry(key, value)

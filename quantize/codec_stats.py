@@ -96,7 +96,7 @@ def positions_per_photo(columns: int) -> int:
 
 
 def collect_moments(fp32: Path, photos: Sequence[Path], load: Callable[[Path], dict[str, np.ndarray]],
-                    specs: Sequence[ConvSpec], seed: int = 0, threads: int = 2,
+                    specs: Sequence[ConvSpec], seed: int = 0, threads: int | None = None,
                     progress: Callable[[int, int, dict], None] | None = None) -> dict[str, InputMoments]:
     """Run the fp32 graph on each photo (``load`` makes its inputs) with every Conv input as an extra output,
     and add each Conv's patches to its moments. Returns moments by weight name."""
