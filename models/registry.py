@@ -94,7 +94,12 @@ class ParityThresholds:
         moved = {}
         for name, bound in vars(self).items():
             extra = getattr(margin, name) or 0.0
-            moved[name] = None if bound is None else (bound - extra if name in ("max_abs", "mean_abs") else bound + extra)
+            if bound is None:
+                moved[name] = None
+            elif name in ("max_abs", "mean_abs"):
+                moved[name] = bound - extra
+            else:  # at most half-way to a perfect IoU: a margin must stay reachable (fp16's 0.999)
+                moved[name] = bound + min(extra, (1.0 - bound) / 2)
         return ParityThresholds(**moved)
 
 
