@@ -39,6 +39,8 @@ def _sha(path: Path) -> str:
 # ---------------------------------------------------------------- the worker (no torch: it runs under qemu)
 
 def worker(args) -> None:
+    import faulthandler
+    faulthandler.enable()
     import numpy as np
     from threadpoolctl import threadpool_info, threadpool_limits
 

@@ -135,7 +135,8 @@ def code_layer(layer: Layer, moments: InputMoments, widths: Sequence[int], int8_
     # E‖ΔW x‖² of every width and E‖W x‖² in one float32 product (the K² products are the costly part)
     deltas = [(rounded[b].astype(np.float64) * s[:, None]) - w for b in sorted(rounded)]
     stacked = np.concatenate([*deltas, w]).astype(np.float32)
-    energy = np.einsum("ij,ij->i", stacked @ h.astype(np.float32), stacked).astype(np.float64).reshape(-1, w.shape[0])
+    # (row sums in float64: numpy's float32 einsum sums in an order that follows its SIMD target)
+    energy = np.multiply(stacked @ h.astype(np.float32), stacked).sum(axis=1, dtype=np.float64).reshape(-1, w.shape[0])
     base = max(float(energy[-1].sum()), 1e-30)
     result = {}
     for i, bits in enumerate(sorted(rounded)):
@@ -176,7 +177,8 @@ def allocate(sizes: Mapping[str, int], errors: Mapping[str, Mapping[int, float]]
     options = {n: sorted(errors[n]) if n not in fixed else [fixed[n]] for n in sizes}
 
     def choose(lam: float) -> dict[str, int]:
-        return {n: min(options[n], key=lambda b: weight[n] * errors[n].get(b, 0.0) + lam * sizes[n] * rate(n, b))
+        # ties: the narrowest width (options ascending; min keeps the first); layers in the order given
+        return {n: min(options[n], key=lambda b: (weight[n] * errors[n].get(b, 0.0) + lam * sizes[n] * rate(n, b), b))
                 for n in sizes}
 
     def spent(choice: dict[str, int]) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 import time
@@ -33,9 +34,17 @@ from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, 
                                   save_moments)
 
 REPO_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "calib-photos"
-CODEC_VERSION = 1  # bump when the coded table's meaning changes (keys the cache)
+CODEC_VERSION = 2  # bump when the coded table's meaning changes (keys the cache)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SENSITIVITY_PHOTOS = 4
+# The per-layer errors and sensitivities are rounded to this many significant digits before the allocation
+# decides on them: their last bits follow the CPU's kernels (onnxruntime's, OpenBLAS's) and thread counts.
+DECISION_DIGITS = 3
+
+
+def significant(value: float, digits: int = DECISION_DIGITS) -> float:
+    """``value`` rounded to ``digits`` significant decimal digits (through its decimal text: exact, portable)."""
+    return float(f"{value:.{digits - 1}e}")
 
 
 @dataclass(frozen=True)
@@ -136,8 +145,9 @@ def index_rate(q: np.ndarray, bits: int) -> float:
         return 8.0
     _, indices = ccw.row_palettes(q, bits)
     counts = np.bincount(indices.reshape(-1), minlength=1 << bits)
-    p = counts[counts > 0] / indices.size
-    return float(-(p * np.log2(p)).sum())
+    # Python's scalar log2 and an exact sum: numpy's vectorised log2 differs between its SIMD targets
+    total = int(indices.size)
+    return math.fsum(-(c / total) * math.log2(c / total) for c in counts.tolist() if c > 0)
 
 
 def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path], load: Callable,
@@ -155,20 +165,20 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     table = coded_table(layers, moments, int8, key, settings, log)
     del moments
     sizes = {layer.spec.node: layer.size for layer in layers}
-    errors = {node: {b: c.error for b, c in by_bits.items()} for node, by_bits in table.items()}
+    errors = {node: {b: significant(c.error) for b, c in by_bits.items()} for node, by_bits in table.items()}
     fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
     measured = {}  # node → sensitivity
     if settings.sensitivity:
         measured = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS, settings.sensitivity),
                                  sensitivity_photos(photos), load, list(fixed), log)
-    weight = {node: measured.get(node, 1.0) for node in sizes}
+    weight = {node: significant(measured.get(node, 1.0)) for node in sizes}
     rates = {}
 
     def rate(node: str, bits: int) -> float:
         if settings.layout == "packed":
             return float(bits)
         if (node, bits) not in rates:
-            rates[node, bits] = index_rate(table[node][bits].q, bits)
+            rates[node, bits] = significant(index_rate(table[node][bits].q, bits), 6)
         return rates[node, bits]
 
     allocation = allocate(sizes, errors, settings.budget, rate, sensitivity=weight, fixed=fixed)

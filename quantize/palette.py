@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import linalg
+from threadpoolctl import threadpool_limits
 
 GRID = (-128, 127)
 BLOCK = 128
@@ -54,11 +55,14 @@ def prepare_hessian(h: np.ndarray, damp: float) -> tuple[np.ndarray, np.ndarray]
         added = damp * (10 ** attempt) * float(np.mean(np.diag(h)))
         damped[np.diag_indices_from(damped)] += added
         # H⁻¹ = UᵀU with U upper: with J the order reversal and J H J = L Lᵀ (lower L), U = J L⁻¹ J.
-        try:
-            lower = linalg.cholesky(damped[::-1, ::-1], lower=True, overwrite_a=True, check_finite=False)
-        except linalg.LinAlgError:
-            continue
-        inverse, info = linalg.lapack.strtri(lower, lower=1, overwrite_c=1)
+        # one BLAS thread: OpenBLAS's threaded potrf/trtri block differently (other last bits, measured on a
+        # 4608² H), and one thread is as fast there
+        with threadpool_limits(1, user_api="blas"):
+            try:
+                lower = linalg.cholesky(damped[::-1, ::-1], lower=True, overwrite_a=True, check_finite=False)
+            except linalg.LinAlgError:
+                continue
+            inverse, info = linalg.lapack.strtri(lower, lower=1, overwrite_c=1)
         if info == 0 and np.isfinite(inverse).all():
             return order, np.ascontiguousarray(inverse[::-1, ::-1])
     raise np.linalg.LinAlgError("H is not positive definite even with strong damping")
@@ -156,7 +160,8 @@ def round_to_palettes(target: np.ndarray, levels: np.ndarray, order: np.ndarray,
                 block[j + 1:] -= upper[start + j, start + j + 1:end, None] * error[None, :]
         if end < columns:
             work[end:] -= upper[start:end, end:].T @ errors[:end - start]
-    inverse_order = np.argsort(order)
+    inverse_order = np.empty_like(order)  # order's inverse permutation (no sort: numpy's AVX2 argsort of
+    inverse_order[order] = np.arange(order.size)  # int64 crashes under qemu-user, bench/reproduce.py's AVX2 CPU)
     return Rounded(q.T[:, inverse_order], loss.astype(np.float64), compensated.T[:, inverse_order],
                    (inverse_diag.astype(np.float64) ** 2)[inverse_order])
 
