@@ -37,6 +37,24 @@ def cpu_session(graph: Path | onnx.ModelProto, threads: int | None = None,
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
+# onnxruntime intra-op threads of the statistics sessions, whatever the machine or $CLEARCUT_THREADS: below level
+# "all", MLAS picks its convolution algorithm by thread count (1 and 2 threads give other bits)
+STATISTICS_THREADS = 2
+
+
+def statistics_session(graph: Path | onnx.ModelProto, quantized: bool = False) -> ort.InferenceSession:
+    """A CPU session whose results do not depend on the CPU's kernels nor on its thread count, for the statistics
+    a build decides on (codec moments and sensitivities). onnxruntime's layout optimization (NCHWc, level "all")
+    blocks channels by the CPU's vector width (16 with AVX-512, 8 with AVX2) and so sums in another order: up
+    to level "extended", MLAS's fp32 convolutions give the same bits with AVX2 and AVX-512 (measured under
+    qemu-user as a Haswell, bench/reproduce.py). ``quantized`` (a QDQ graph): no optimizations, so QDQ is not
+    fused into int8 kernels (the AVX2 u8s8 kernel saturates its 16-bit pair sums, VNNI does not): the graph runs
+    as it reads, dequantized weights and activations through fp32 convolutions. Always ``STATISTICS_THREADS``
+    intra-op threads."""
+    level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL if quantized else ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    return cpu_session(graph, STATISTICS_THREADS, level)
+
+
 def run_stage(session: ort.InferenceSession, values: dict[str, np.ndarray]) -> list[np.ndarray]:
     """Run one graph on the named values so far (its inputs by name); add its outputs to `values` and return
     them."""

@@ -34,6 +34,7 @@ from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, 
                                   save_moments)
 
 REPO_PHOTOS = Path(__file__).resolve().parents[1] / "data" / "calib-photos"
+MOMENTS_VERSION = 2  # 2: onnxruntime without its layout optimization (common.sessions.statistics_session)
 CODEC_VERSION = 2  # bump when the coded table's meaning changes (keys the cache)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SENSITIVITY_PHOTOS = 4
@@ -72,7 +73,7 @@ def _key(*parts) -> str:
 
 def moments_for(fp32: Path, photos: Sequence[Path], load: Callable, specs, log) -> dict[str, InputMoments]:
     from quantize.codec_stats import MAX_POSITIONS, MIN_POSITIONS, PATCH_BUDGET
-    key = _key("moments", sha256_file(fp32), [sha256_file(p) for p in photos], MAX_POSITIONS, MIN_POSITIONS,
+    key = _key("moments", MOMENTS_VERSION, sha256_file(fp32), [sha256_file(p) for p in photos], MAX_POSITIONS, MIN_POSITIONS,
                PATCH_BUDGET)
     folder = cache_dir() / "codec" / f"moments-{key}"
     if not (folder / "index.txt").is_file():

@@ -17,14 +17,14 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from common.sessions import cpu_session
+from common.sessions import statistics_session
 from quantize.codec import Coded, Layer, apply
 
 PROBE_BITS = 2
 
 
 def _outputs(model: onnx.ModelProto, inputs: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    session = cpu_session(model)
+    session = statistics_session(model, quantized=True)
     return [session.run(None, x)[0] for x in inputs]
 
 

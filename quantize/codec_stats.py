@@ -21,7 +21,7 @@ from onnx import helper
 
 from threadpoolctl import threadpool_limits
 
-from common.sessions import cpu_session
+from common.sessions import statistics_session
 
 MAX_POSITIONS = 4096  # output positions sampled per photo and layer, at most ...
 MIN_POSITIONS = 1024  # ... and at least (or all the map has)
@@ -96,10 +96,11 @@ def positions_per_photo(columns: int) -> int:
 
 
 def collect_moments(fp32: Path, photos: Sequence[Path], load: Callable[[Path], dict[str, np.ndarray]],
-                    specs: Sequence[ConvSpec], seed: int = 0, threads: int | None = None,
+                    specs: Sequence[ConvSpec], seed: int = 0,
                     progress: Callable[[int, int, dict], None] | None = None) -> dict[str, InputMoments]:
     """Run the fp32 graph on each photo (``load`` makes its inputs) with every Conv input as an extra output,
-    and add each Conv's patches to its moments. Returns moments by weight name."""
+    and add each Conv's patches to its moments. Returns moments by weight name. The graph runs in
+    ``common.sessions.statistics_session`` (activations with the same bits on AVX2 and AVX-512 CPUs)."""
     model = onnx.load(str(fp32))
     outputs = {o.name for o in model.graph.output}
     wanted = list(dict.fromkeys(s.input for s in specs))
@@ -111,7 +112,7 @@ def collect_moments(fp32: Path, photos: Sequence[Path], load: Callable[[Path], d
         probe = Path(tmp) / "probe.onnx"
         onnx.save(model, str(probe))
         del model
-        session = cpu_session(probe, threads)
+        session = statistics_session(probe)
     rng = np.random.default_rng(seed)
     # small layers with one BLAS thread (threads cost more than they save on small products), in graph order
     small = [s for s in specs if s.columns < SMALL_COLUMNS]
@@ -122,9 +123,13 @@ def collect_moments(fp32: Path, photos: Sequence[Path], load: Callable[[Path], d
         for group, threads in ((small, 1), (large, None)):
             with threadpool_limits(threads, user_api="blas"):
                 for spec in group:
-                    patches = im2col(values[spec.input][0], spec, *samples[spec.weight])
+                    patches = im2col(values[spec.input][0], spec, *samples[spec.weight]).astype(np.float64)
                     m = moments[spec.weight]
-                    m.h += patches @ patches.T
+                    # one photo's Σ x xᵀ in float64, rounded to float32, added in photo order: float32 products
+                    # differ between OpenBLAS's kernels (SkylakeX vs Haswell: 17 of 30 U²-NetP layers, 5e-7),
+                    # float64 ones by ~1e-15, which the rounding hides (bench/reproduce.py). Costs ~2× the
+                    # float32 product (IS-Net at 1024²: ~8.5 → ~17 s per photo).
+                    m.h += (patches @ patches.T).astype(np.float32)
                     m.s += patches.sum(axis=1, dtype=np.float64)
                     m.n += patches.shape[1]
         del values

@@ -81,17 +81,17 @@ def to_int8_static(source: Path, target: Path, calibration_images: Sequence[Path
 @contextlib.contextmanager
 def _fixed_calibration_session():
     """onnxruntime's calibrators run the augmented fp32 graph in a session of default options (as many threads as
-    cores); within this, that session has the fixed thread count and sequential execution of
-    ``common.sessions.cpu_session`` (and, as onnxruntime sets it, no graph optimizations)."""
+    cores); within this, that session has the fixed thread count of ``common.sessions.statistics_session`` and
+    sequential execution (and, as onnxruntime sets it, no graph optimizations)."""
     import onnxruntime as ort
     from onnxruntime.quantization.calibrate import CalibraterBase
 
-    from common.sessions import default_threads
+    from common.sessions import STATISTICS_THREADS
 
     def create_inference_session(self) -> None:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.intra_op_num_threads = default_threads()
+        options.intra_op_num_threads = STATISTICS_THREADS
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.infer_session = ort.InferenceSession(self.augmented_model_path, sess_options=options,
