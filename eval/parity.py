@@ -48,7 +48,6 @@ def compare(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray], nam
 def gate_failures(variant: str, numbers: dict, limits: ParityThresholds) -> list[str]:
     """Human-readable reasons a variant fails its thresholds (empty when it passes)."""
     failures = []
-    numbers = {"iou_p10": numbers.get("iou_worst"), **numbers}  # numbers recorded before the percentile
     for field in dataclasses.fields(limits):
         bound = getattr(limits, field.name)
         if bound is None:

@@ -46,7 +46,8 @@ def test_the_gate_fails_on_recorded_webgpu_problems(tmp_path):
     numbers = {"max_abs": 0.0, "mean_abs": 0.0, "iou_mean": 1.0, "iou_worst": 1.0, "worst_image": "a.png",
                "latency": {"median_ms": 1.0}}
     results = {"export": {"webgpu_problems": ["Concat c has 9 tensors (WebGPU allows 7)"]}, "parity:fp32": numbers}
-    parity, failures = gate(build, results)
+    parity, failures, fatal = gate(build, results)
     assert parity["fp32"]["passed"] and failures == ["export: WebGPU: Concat c has 9 tensors (WebGPU allows 7)"]
+    assert fatal == failures
     results["export"] = {"webgpu_problems": []}
     assert gate(build, results)[1] == []
