@@ -16,7 +16,7 @@ from eval import cache as result_cache
 from eval import run
 from eval.cpu_probe import CpuProbeError, measure
 from eval.dataset import DatasetError, load_sample, scan
-from eval.images import ImageError
+from eval.images import ImageError, sample_photos
 from eval.metrics import boundary_scores, image_metrics, summarize
 from eval.parity import compare, image_parity, summarize_parity
 from eval.refine import load_params, refine
@@ -224,8 +224,8 @@ def test_a_new_row_kind_is_one_class(tmp_path):
     assert first.name == "p0" and reference.runs == 2  # once per photo: the refined row and parity reuse it
     report = run.row_report(rows[1], results["high"], Bench(cache, print, 1, 9, first), out, True)
     assert report["kind"] == "constant" and report["file"] is None and report["size"]["bytes"] == 1
-    assert report["parity"] == {"max_abs": 0.5, "mean_abs": 0.5, "iou_mean": 0.0, "iou_worst": 0.0,
-                                "worst_image": "p0"}
+    assert report["parity"] == {"max_abs": 0.5, "mean_abs": 0.5, "iou_mean": 0.0, "iou_p10": 0.0, "iou_worst": 0.0,
+                                "worst_image": "p0", "worst_images": ["p0 0.0000", "p1 0.0000"]}
     assert report["quality"]["images"] == 2 and report["latency"]["median_ms"] >= 0
     assert [i["image"] for i in report["images"]] == ["p0", "p1"]
     assert all((out / i["alpha_png"]).is_file() for i in report["images"])
@@ -255,7 +255,8 @@ def test_cpu_probe_is_a_torch_free_module(tiny_build, tmp_path):
 def tiny_build(tmp_path_factory, tiny_u2netp_weights):
     out = tmp_path_factory.mktemp("build")
     run_export(ExportOptions(config=get_model_config("u2netp"), variants=["fp32", "fp16"], weights=tiny_u2netp_weights,
-                             input_size=(SIZE, SIZE), out_dir=out, latency_runs=1, log=lambda *_: None))
+                             input_size=(SIZE, SIZE), out_dir=out, latency_runs=1, parity_images=sample_photos(),
+                             log=lambda *_: None))
     return out
 
 
