@@ -7,7 +7,7 @@ several times from one fp32 graph and compares what each build made, stage by st
 * under qemu-user as an AVX2-only CPU (``qemu-x86_64 -cpu Haswell``): onnxruntime's MLAS, OpenBLAS and numpy
   then dispatch their AVX2 kernels (the worker prints what it found).
 
-    .venv/bin/python -m bench.reproduce [--work DIR] [--no-qemu]
+    .venv/bin/python -m bench.reproduce [--work DIR] [--no-qemu] [--unfused]
 
 The fp32 graph and the torch reference's alpha maps are made natively once (torch is not run under qemu); each
 build is a worker process (``--worker``) that writes its files and its caches (moments, coded table,
@@ -63,6 +63,8 @@ def worker(args) -> None:
     def load(path: Path) -> dict:
         return {INPUT_NAME: preprocess(load_rgb(path), pre)}
 
+    from quantize import codec_sensitivity
+    codec_sensitivity.UNFUSED = args.unfused
     codec.WIDTHS = codec_build.WIDTHS = WIDTHS
     codec_build.REPO_PHOTOS = None
     calib = [Path(p) for p in args.calib.split(",")]
@@ -219,10 +221,11 @@ def prepare(work: Path) -> tuple[Path, list[Path], list[Path], Path]:
 
 
 def run_worker(label: str, work: Path, fp32: Path, calib, parity, reference: Path, threads: int,
-               emulate: str | None = None) -> dict:
+               emulate: str | None = None, unfused: bool = False) -> dict:
     out = work / label
     shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "bench.reproduce", "--worker", "--out", str(out), "--threads", str(threads),
+    command = [sys.executable, "-m", "bench.reproduce", "--worker", *(["--unfused"] if unfused else []),
+               "--out", str(out), "--threads", str(threads),
                "--fp32", str(fp32), "--calib", ",".join(map(str, calib)), "--parity", ",".join(map(str, parity)),
                "--reference", str(reference)]
     if emulate:
@@ -281,18 +284,20 @@ def main(argv=None) -> None:
     for name in ("out", "fp32", "calib", "parity", "reference"):
         parser.add_argument(f"--{name}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--unfused", action="store_true",
+                        help="measure the codec's sensitivities unfused (quantize.codec_sensitivity.UNFUSED)")
     args = parser.parse_args(argv)
     if args.worker:
         return worker(args)
     work = args.work.resolve()
     fp32, calib, parity, reference = prepare(work)
-    builds = {"native 2 threads": run_worker("native-2", work, fp32, calib, parity, reference, 2),
-              "native 1 thread": run_worker("native-1", work, fp32, calib, parity, reference, 1)}
+    builds = {"native 2 threads": run_worker("native-2", work, fp32, calib, parity, reference, 2, unfused=args.unfused),
+              "native 1 thread": run_worker("native-1", work, fp32, calib, parity, reference, 1, unfused=args.unfused)}
     if not args.no_qemu:
         if not Path(QEMU).is_file():
             raise SystemExit(f"{QEMU} is missing: apt-get install -y qemu-user")
         builds[f"qemu {args.cpu} 2 thr"] = run_worker(f"qemu-{args.cpu}", work, fp32, calib, parity, reference, 2,
-                                                     emulate=args.cpu)
+                                                     emulate=args.cpu, unfused=args.unfused)
     for record in builds.values():  # every build's files run here too: made differently vs run differently
         record["parity_here"] = parity_numbers(record["folder"], parity, reference)
     report(builds)

@@ -325,7 +325,8 @@ def run_export(opts: ExportOptions) -> dict:
         "gate": {"passed": not failures, "failures": failures,
                  "engine": "onnxruntime-web wasm" if build.opts.wasm_gate else "onnxruntime native",
                  "failed_variants": [v for v in build.variants if not parity[v]["passed"]],
-                 "margin": {k: v for k, v in vars(config.gate_margin).items() if v is not None}},
+                 "margins": {v: {k: x for k, x in vars(m).items() if x is not None}
+                             for v, m in config.gate_margins.items() if v in build.variants}},
     })
     manifest.save()
     build.log(format_table(manifest.data))
@@ -375,7 +376,7 @@ def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[
 
     The whole graph's verdict is taken on the WASM engine's numbers when the WASM gate ran (what users run;
     native numbers are recorded beside them under ``native``); ``clear`` says whether the variant also passes
-    its thresholds moved by the registry's ``gate_margin`` (only such a variant becomes the bundle's default)."""
+    its thresholds moved by the registry's ``gate_margins`` of the variant (only such a variant becomes the bundle's default)."""
     fatal = [f"{name}: WebGPU: {problem}" for name in ("export", "export_stages")
              for problem in results.get(name, {}).get("webgpu_problems", [])]
     failures = list(fatal)
@@ -397,7 +398,8 @@ def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[
                 if wasm:
                     numbers["wasm"] = {k: wasm.get(k) for k in SUMMARY_FIELDS}
                 # the moved limits are stricter, so clearing them implies passing
-                numbers["clear"] = not (gate_failures(label, numbers, limits.tightened(build.config.gate_margin))
+                margin = build.config.gate_margins.get(variant)
+                numbers["clear"] = not (gate_failures(label, numbers, limits.tightened(margin) if margin else limits)
                                         if limits else [])
             if composition.suffix:
                 numbers["failures"] = [f"{f} (browser stages)" for f in found]

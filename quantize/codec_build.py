@@ -29,6 +29,7 @@ from models.weights import cache_dir
 from quantize import ccw
 from quantize.codec import (DAMP, DAMP_MAX, DAMP_MIN, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply,
                             code_layer, container_tensors, layers_of, widths_for)
+from quantize import codec_sensitivity
 from quantize.codec_sensitivity import PROBE_BITS, measure_sensitivity
 from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, conv_specs, load_moments,
                                   save_moments)
@@ -170,7 +171,7 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
     measured = {}  # node → sensitivity
     if settings.sensitivity:
-        measured = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS, settings.sensitivity),
+        measured = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS, settings.sensitivity, codec_sensitivity.UNFUSED),
                                  sensitivity_photos(photos), load, list(fixed), log)
     weight = {node: significant(measured.get(node, 1.0)) for node in sizes}
     rates = {}
