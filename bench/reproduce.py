@@ -7,7 +7,10 @@ several times from one fp32 graph and compares what each build made, stage by st
 * under qemu-user as an AVX2-only CPU (``qemu-x86_64 -cpu Haswell``): onnxruntime's MLAS, OpenBLAS and numpy
   then dispatch their AVX2 kernels (the worker prints what it found).
 
-    .venv/bin/python -m bench.reproduce [--work DIR] [--no-qemu] [--unfused]
+    .venv/bin/python -m bench.reproduce [--work DIR] [--no-qemu] [--unfused] [--committed]
+
+``--committed``: the later builds read the first build's layer sensitivities as a committed measurement
+(``quantize/measured/``, as ``make export`` reads the repository's), instead of running the probes themselves.
 
 The fp32 graph and the torch reference's alpha maps are made natively once (torch is not run under qemu); each
 build is a worker process (``--worker``) that writes its files and its caches (moments, coded table,
@@ -65,6 +68,8 @@ def worker(args) -> None:
 
     from quantize import codec_sensitivity
     codec_sensitivity.UNFUSED = args.unfused
+    if args.measured:
+        codec_build.MEASURED = Path(args.measured)
     codec.WIDTHS = codec_build.WIDTHS = WIDTHS
     codec_build.REPO_PHOTOS = None
     calib = [Path(p) for p in args.calib.split(",")]
@@ -85,6 +90,7 @@ def worker(args) -> None:
     numbers = parity_numbers(out, parity, Path(args.reference))
     record = {"info": info, "timings": timings, "parity": numbers,
               "bits": {n: v["bits"] for n, v in result["allocation"]["layers"].items()},
+              "sensitivities": result["allocation"]["sensitivity_origin"],
               "sha256": {"int8": _sha(int8), "coded": _sha(coded), "ccw": _sha(coded.with_suffix(".ccw"))}}
     (out / "record.json").write_text(json.dumps(record, indent=1))
 
@@ -221,10 +227,11 @@ def prepare(work: Path) -> tuple[Path, list[Path], list[Path], Path]:
 
 
 def run_worker(label: str, work: Path, fp32: Path, calib, parity, reference: Path, threads: int,
-               emulate: str | None = None, unfused: bool = False) -> dict:
+               emulate: str | None = None, unfused: bool = False, measured: Path | None = None) -> dict:
     out = work / label
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "bench.reproduce", "--worker", *(["--unfused"] if unfused else []),
+               *(["--measured", str(measured)] if measured else []),
                "--out", str(out), "--threads", str(threads),
                "--fp32", str(fp32), "--calib", ",".join(map(str, calib)), "--parity", ",".join(map(str, parity)),
                "--reference", str(reference)]
@@ -245,12 +252,12 @@ def run_worker(label: str, work: Path, fp32: Path, calib, parity, reference: Pat
 def report(builds: dict[str, dict]) -> None:
     labels = list(builds)
     first = builds[labels[0]]
-    print("\nbuild            | kernels (numpy SIMD; OpenBLAS)        | s     | int8 sha256  | coded sha256 | ccw sha256   "
+    print("\nbuild            | kernels (numpy SIMD; OpenBLAS)        | sensitivit | s     | int8 sha256  | coded sha256 | ccw sha256   "
           "| int8 IoU mean/worst | coded IoU mean/worst")
     for label, r in builds.items():
         kernels = f"{'+'.join(r['info']['numpy_simd'][-2:])}; {r['info']['blas'][0][1]}"
         p = r["parity"]
-        print(f"{label:16} | {kernels:37} | {r['seconds']:5.0f} | " + " | ".join(r["sha256"][k][:12] for k in ("int8", "coded", "ccw"))
+        print(f"{label:16} | {kernels:37} | {r['sensitivities']:10} | {r['seconds']:5.0f} | " + " | ".join(r["sha256"][k][:12] for k in ("int8", "coded", "ccw"))
               + f" | {p['int8']['iou_mean']:.5f} / {p['int8']['iou_worst']:.5f} | {p['coded']['iou_mean']:.5f} / {p['coded']['iou_worst']:.5f}")
     for label in labels[1:]:
         other = builds[label]
@@ -281,9 +288,11 @@ def main(argv=None) -> None:
     parser.add_argument("--no-qemu", action="store_true")
     parser.add_argument("--cpu", default="Haswell", help="the CPU qemu emulates")
     parser.add_argument("--worker", action="store_true")
-    for name in ("out", "fp32", "calib", "parity", "reference"):
+    for name in ("out", "fp32", "calib", "parity", "reference", "measured"):
         parser.add_argument(f"--{name}")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--committed", action="store_true",
+                        help="later builds read the first build's sensitivities as a committed measurement")
     parser.add_argument("--unfused", action="store_true",
                         help="measure the codec's sensitivities unfused (quantize.codec_sensitivity.UNFUSED)")
     args = parser.parse_args(argv)
@@ -291,13 +300,15 @@ def main(argv=None) -> None:
         return worker(args)
     work = args.work.resolve()
     fp32, calib, parity, reference = prepare(work)
-    builds = {"native 2 threads": run_worker("native-2", work, fp32, calib, parity, reference, 2, unfused=args.unfused),
-              "native 1 thread": run_worker("native-1", work, fp32, calib, parity, reference, 1, unfused=args.unfused)}
+    builds = {"native 2 threads": run_worker("native-2", work, fp32, calib, parity, reference, 2, unfused=args.unfused)}
+    measured = work / "native-2" / "cache" / "codec" if args.committed else None
+    builds["native 1 thread"] = run_worker("native-1", work, fp32, calib, parity, reference, 1, unfused=args.unfused,
+                                           measured=measured)
     if not args.no_qemu:
         if not Path(QEMU).is_file():
             raise SystemExit(f"{QEMU} is missing: apt-get install -y qemu-user")
         builds[f"qemu {args.cpu} 2 thr"] = run_worker(f"qemu-{args.cpu}", work, fp32, calib, parity, reference, 2,
-                                                     emulate=args.cpu, unfused=args.unfused)
+                                                     emulate=args.cpu, unfused=args.unfused, measured=measured)
     for record in builds.values():  # every build's files run here too: made differently vs run differently
         record["parity_here"] = parity_numbers(record["folder"], parity, reference)
     report(builds)

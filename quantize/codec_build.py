@@ -39,6 +39,11 @@ MOMENTS_VERSION = 2  # 2: onnxruntime without its layout optimization (common.se
 CODEC_VERSION = 2  # bump when the coded table's meaning changes (keys the cache)
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 SENSITIVITY_PHOTOS = 4
+# Layer sensitivities measured once and committed (the cache file, same name): its key is the int8 base's and the
+# coded table's sha256 and the photos', so it applies exactly where those are the same bytes. The probes run
+# onnxruntime's fused int8 kernels, which give other bits on CPUs without VNNI (AVX2's u8s8 kernel saturates);
+# the committed measurement makes the allocation the same on every machine and saves the probes (~8 min for IS-Net).
+MEASURED = Path(__file__).resolve().parent / "measured"
 # The per-layer errors and sensitivities are rounded to this many significant digits before the allocation
 # decides on them: their last bits follow the CPU's kernels (onnxruntime's, OpenBLAS's) and thread counts.
 DECISION_DIGITS = 3
@@ -169,10 +174,11 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     sizes = {layer.spec.node: layer.size for layer in layers}
     errors = {node: {b: significant(c.error) for b, c in by_bits.items()} for node, by_bits in table.items()}
     fixed = {layers[0].spec.node: 8, layers[-1].spec.node: 8} if settings.keep_first_last else {}
-    measured = {}  # node → sensitivity
+    measured, origin = {}, None  # node → sensitivity
     if settings.sensitivity:
-        measured = sensitivity_for(int8, layers, table, _key(key, PROBE_BITS, settings.sensitivity, codec_sensitivity.UNFUSED),
-                                 sensitivity_photos(photos), load, list(fixed), log)
+        measured, origin = sensitivity_for(int8, layers, table,
+                                           _key(key, PROBE_BITS, settings.sensitivity, codec_sensitivity.UNFUSED),
+                                           sensitivity_photos(photos), load, list(fixed), log)
     weight = {node: significant(measured.get(node, 1.0)) for node in sizes}
     rates = {}
 
@@ -204,7 +210,8 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
                                                     "error": float(f"{coded[layer.spec.node].error:.4g}"),
                                                     "int8_error": float(f"{table[layer.spec.node][8].error:.4g}")}
                                   for layer in layers},
-                       "sensitivity": {n: float(f"{v:.4g}") for n, v in measured.items()}},
+                       "sensitivity": {n: float(f"{v:.4g}") for n, v in measured.items()},
+                       "sensitivity_origin": origin},
         "settings": asdict(settings),
     }
 
@@ -217,14 +224,18 @@ def sensitivity_photos(photos: Sequence[Path], count: int = SENSITIVITY_PHOTOS) 
 
 
 def sensitivity_for(int8: onnx.ModelProto, layers: Sequence[Layer], table: dict, key: str, photos: Sequence[Path],
-                    load: Callable, skip: Sequence[str], log) -> dict[str, float]:
-    """codec_sensitivity.measure_sensitivity, cached by the table's key and the photos."""
-    path = cache_dir() / "codec" / f"sensitivity-{_key(key, [sha256_file(p) for p in photos], list(skip))}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+                    load: Callable, skip: Sequence[str], log) -> tuple[dict[str, float], str]:
+    """codec_sensitivity.measure_sensitivity, cached by the table's key and the photos; returns the
+    sensitivities and where they came from: "measured" here, this machine's "cache", or the "repository"'s
+    measurement (``MEASURED``: the same key, so the same int8 base, table and photos)."""
+    name = f"sensitivity-{_key(key, [sha256_file(p) for p in photos], list(skip))}.json"
+    for origin, path in (("cache", cache_dir() / "codec" / name), ("repository", MEASURED / name)):
+        if path.is_file():
+            log(f"  codec: layer sensitivities from the {origin} ({path})")
+            return json.loads(path.read_text()), origin
     found = measure_sensitivity(int8, layers, table, [load(p) for p in photos], skip, PROBE_BITS, log)
-    atomic_write_bytes(path, json.dumps(found, sort_keys=True).encode())
-    return found
+    atomic_write_bytes(cache_dir() / "codec" / name, json.dumps(found, sort_keys=True).encode())
+    return found, "measured"
 
 
 def _brotli_size(data: bytes, quality: int = 9) -> int | None:

@@ -39,7 +39,7 @@ def fp32_graph(tmp_path_factory, tiny_u2netp_weights):
     return root, root / "build" / "u2netp" / "u2netp.fp32.onnx", calibration, config
 
 
-def _build(root: Path, fp32: Path, photos: list[Path], config, threads: int, monkeypatch) -> dict[str, str]:
+def _build(root: Path, fp32: Path, photos: list[Path], config, threads: int, monkeypatch, label: str = "") -> dict[str, str]:
     from threadpoolctl import threadpool_limits
 
     from common.contract import INPUT_NAME
@@ -48,7 +48,7 @@ def _build(root: Path, fp32: Path, photos: list[Path], config, threads: int, mon
     from quantize import codec, codec_build
     from quantize.recipes import Calibration
 
-    out = root / f"threads-{threads}"
+    out = root / (label or f"threads-{threads}")
     monkeypatch.setenv("CLEARCUT_CACHE", str(out / "cache"))  # a private cache: every statistic recomputed
     monkeypatch.setenv("CLEARCUT_THREADS", str(threads))  # onnxruntime intra-op threads
     monkeypatch.setattr(codec, "WIDTHS", (2, 3, 4, 8))
@@ -68,7 +68,8 @@ def _build(root: Path, fp32: Path, photos: list[Path], config, threads: int, mon
     assert result["int8_base"] == "made"
     assert any(b < 8 for b in (v["bits"] for v in result["allocation"]["layers"].values()))
     return {"onnx": _sha(target), "ccw": _sha(target.with_suffix(".ccw")),
-            "bits": str(sorted((n, v["bits"]) for n, v in result["allocation"]["layers"].items()))}
+            "bits": str(sorted((n, v["bits"]) for n, v in result["allocation"]["layers"].items())),
+            "origin": result["allocation"]["sensitivity_origin"], "cache": str(out / "cache")}
 
 
 def test_coded_variant_bytes_do_not_depend_on_thread_counts(fp32_graph, monkeypatch):
@@ -78,3 +79,27 @@ def test_coded_variant_bytes_do_not_depend_on_thread_counts(fp32_graph, monkeypa
     assert one["bits"] == two["bits"]
     assert one["onnx"] == two["onnx"]
     assert one["ccw"] == two["ccw"]
+
+
+def test_committed_sensitivities_are_used_and_give_the_same_bytes(fp32_graph, monkeypatch, tmp_path):
+    """A sensitivity measurement committed under quantize/measured/ (the cache file, same name) replaces the
+    probes on a machine with an empty cache: no probe runs, and the bytes are those of the measuring build."""
+    from quantize import codec_build
+
+    root, fp32, photos, config = fp32_graph
+    measuring = _build(root, fp32, photos, config, 2, monkeypatch, label="measuring")
+    assert measuring["origin"] == "measured"
+    committed = tmp_path / "measured"
+    committed.mkdir()
+    for found in Path(measuring["cache"]).glob("codec/sensitivity-*.json"):
+        shutil.copy(found, committed / found.name)
+    assert any(committed.iterdir())
+    monkeypatch.setattr(codec_build, "MEASURED", committed)
+
+    def no_probes(*_, **__):
+        raise AssertionError("the committed sensitivities should have been used")
+
+    monkeypatch.setattr(codec_build, "measure_sensitivity", no_probes)
+    using = _build(root, fp32, photos, config, 2, monkeypatch, label="using")
+    assert using["origin"] == "repository"
+    assert (using["onnx"], using["ccw"], using["bits"]) == (measuring["onnx"], measuring["ccw"], measuring["bits"])

@@ -1,6 +1,7 @@
 """eval/wasm_engine.py: onnxruntime-web's WASM engine under Node gives native onnxruntime's numbers (closely),
-the same numbers whatever the thread count, and exactly the numbers Chromium computes with the bundle's own
-engine (web_runtime/src/engine_ort.js) — the point of gating on it instead of on this machine's native kernels."""
+the same int8 numbers whatever the thread count (fp32: within 1e-5), and exactly the numbers Chromium computes
+with the bundle's own engine (web_runtime/src/engine_ort.js) — the point of gating on it instead of on this
+machine's native kernels."""
 from __future__ import annotations
 
 import base64
@@ -51,9 +52,11 @@ def test_fp32_matches_native_and_threads_do_not_change_it(tiny_build):
     for w, n in zip(two, native):
         assert w.dtype == np.float32 and w.shape == n.shape
         assert float(np.abs(w - n).max()) < 1e-4
+    # fp32 kernels split their sums by thread (measured: max abs 1.4e-6 between 1 and 2 threads): noise far
+    # below what the gate measures; the gate runs a fixed thread count all the same
     one = run_wasm(graph, inputs, threads=1)
     for a, b in zip(one, two):
-        assert np.array_equal(a, b), f"threads 1 vs 2: max abs {float(np.abs(a - b).max())}"
+        assert float(np.abs(a - b).max()) < 1e-5, f"threads 1 vs 2: max abs {float(np.abs(a - b).max())}"
 
 
 def test_int8_threads_do_not_change_it(coded_build):
