@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+from common.kernels import pin_blas_kernels  # noqa: E402
+
+pin_blas_kernels()  # before numpy loads OpenBLAS, as `clearcut` does; the workers inherit it
 SIZE = 64
 WIDTHS = (2, 3, 4, 8)
 BUDGET = 3.0

@@ -6,6 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+from common.kernels import pin_blas_kernels
+
+pin_blas_kernels()  # before numpy loads OpenBLAS: the same arithmetic on every x86-64 CPU (common/kernels.py)
+
 from models.registry import DEFAULT_MODEL, REGISTRY, get_model_config
 from quantize.recipes import ALL_VARIANTS
 

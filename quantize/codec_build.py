@@ -24,6 +24,7 @@ from onnx import numpy_helper
 from threadpoolctl import threadpool_limits
 
 from common.files import atomic_write_bytes, sha256_file
+from common.kernels import PINNED_CORETYPE, blas_kernels, kernels_pinned
 from common.onnx_graph import save_model
 from models.weights import cache_dir
 from quantize import ccw
@@ -167,9 +168,14 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
     specs = [layer.spec for layer in layers]
     del fp32_model
     moments = moments_for(fp32, photos, load, specs, log)
+    kernels = blas_kernels()
+    if not kernels_pinned():
+        log(f"  codec: WARNING: BLAS kernels {', '.join(kernels)}, not pinned to {PINNED_CORETYPE} (common/kernels.py): "
+            "the coded bytes may differ from other machines'")
     key = _key("table", CODEC_VERSION, sha256_file(fp32), sha256_file(int8_base), [sha256_file(p) for p in photos],
                settings.damp, settings.refits, WIDTHS, LARGE_LAYER, DAMP_MIN, DAMP_MAX)
-    table = coded_table(layers, moments, int8, key, settings, log)
+    table_key = _key(key, kernels)  # the table's arithmetic follows the BLAS kernels; the sensitivities' key does not
+    table = coded_table(layers, moments, int8, table_key, settings, log)
     del moments
     sizes = {layer.spec.node: layer.size for layer in layers}
     errors = {node: {b: significant(c.error) for b, c in by_bits.items()} for node, by_bits in table.items()}
@@ -213,6 +219,7 @@ def code_graph(fp32: Path, int8_base: Path, target: Path, photos: Sequence[Path]
                        "sensitivity": {n: float(f"{v:.4g}") for n, v in measured.items()},
                        "sensitivity_origin": origin},
         "settings": asdict(settings),
+        "blas": kernels,
     }
 
 

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
+from common.kernels import pin_blas_kernels
+
+pin_blas_kernels()  # before numpy loads OpenBLAS, as `clearcut` does (common/kernels.py)
+
+import pytest  # noqa: E402
 import torch
 
 from models.architectures import build_model

@@ -2,7 +2,8 @@
 64 px, built twice from one fp32 graph (1 and 2 onnxruntime intra-op and BLAS threads, each build with its own
 cache so that the second recomputes every statistic), has the same ONNX and .ccw bytes.
 
-Across CPUs (AVX2 vs AVX-512 kernels) see bench/reproduce.py, which builds the same variant under qemu-user."""
+Across CPUs (AVX2 vs AVX-512 kernels) see bench/reproduce.py, which builds the same variant under qemu-user as a
+Haswell (OpenBLAS pinned to its Haswell kernels everywhere: common/kernels.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -73,6 +74,10 @@ def _build(root: Path, fp32: Path, photos: list[Path], config, threads: int, mon
 
 
 def test_coded_variant_bytes_do_not_depend_on_thread_counts(fp32_graph, monkeypatch):
+    from common.kernels import PINNED_CORETYPE, blas_kernels, kernels_pinned
+
+    # tests/conftest.py pins OpenBLAS's kernels as `clearcut` does: the arithmetic of every x86-64 CPU with AVX2
+    assert kernels_pinned(), f"BLAS kernels {blas_kernels()}, expected {PINNED_CORETYPE}"
     root, fp32, photos, config = fp32_graph
     one = _build(root, fp32, photos, config, 1, monkeypatch)
     two = _build(root, fp32, photos, config, 2, monkeypatch)
