@@ -376,7 +376,8 @@ def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[
 
     The whole graph's verdict is taken on the WASM engine's numbers when the WASM gate ran (what users run;
     native numbers are recorded beside them under ``native``); ``clear`` says whether the variant also passes
-    its thresholds moved by the registry's ``gate_margins`` of the variant (only such a variant becomes the bundle's default)."""
+    its thresholds moved by the registry's ``gate_margins`` for it (only such a variant becomes the bundle's
+    default)."""
     fatal = [f"{name}: WebGPU: {problem}" for name in ("export", "export_stages")
              for problem in results.get(name, {}).get("webgpu_problems", [])]
     failures = list(fatal)

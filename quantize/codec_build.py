@@ -27,10 +27,9 @@ from common.files import atomic_write_bytes, sha256_file
 from common.kernels import PINNED_CORETYPE, blas_kernels, kernels_pinned
 from common.onnx_graph import save_model
 from models.weights import cache_dir
-from quantize import ccw
+from quantize import ccw, codec_sensitivity
 from quantize.codec import (DAMP, DAMP_MAX, DAMP_MIN, LARGE_LAYER, REFITS, WIDTHS, Coded, Layer, allocate, apply,
                             code_layer, container_tensors, layers_of, widths_for)
-from quantize import codec_sensitivity
 from quantize.codec_sensitivity import PROBE_BITS, measure_sensitivity
 from quantize.codec_stats import (SMALL_COLUMNS, InputMoments, collect_moments, conv_specs, load_moments,
                                   save_moments)
@@ -43,7 +42,7 @@ SENSITIVITY_PHOTOS = 4
 # Layer sensitivities measured once and committed (the cache file, same name): its key is the int8 base's and the
 # coded table's sha256 and the photos', so it applies exactly where those are the same bytes. The probes run
 # onnxruntime's fused int8 kernels, which give other bits on CPUs without VNNI (AVX2's u8s8 kernel saturates);
-# the committed measurement makes the allocation the same on every machine and saves the probes (~8 min for IS-Net).
+# the committed measurement makes the allocation the same on every machine and saves the probes (~10 min for IS-Net).
 MEASURED = Path(__file__).resolve().parent / "measured"
 # The per-layer errors and sensitivities are rounded to this many significant digits before the allocation
 # decides on them: their last bits follow the CPU's kernels (onnxruntime's, OpenBLAS's) and thread counts.
