@@ -6,27 +6,23 @@ intermediate activation of every image at once (about 17 GB for IS-Net at 1024²
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_dynamic, quantize_static)
 from tqdm import tqdm
 
 from common.files import atomic_write_bytes
 
-# Activation scales can be rounded to a few significant bits after calibration (``scale_bits``), so that noise
-# in the fp32 activations' last bits moves no threshold. Off: the calibration session's fp32 kernels (no graph
-# optimizations, fixed threads) give the same bits on AVX2 and AVX-512 CPUs (bench/reproduce.py: the same int8
-# base under qemu as a Haswell), and rounding costs quality. Measured on IS-Net (onnxruntime 1.32, 6 gate
-# photos, IoU vs fp32 mean / worst): as calibrated 0.99505 / 0.97808, 5 bits 0.99316 / 0.97069, 4 bits
-# 0.99358 / 0.97562.
-SCALE_BITS = None
+# The activation scales stay as calibrated: the calibration session's fp32 kernels (no graph optimizations, fixed
+# threads) give the same bits on AVX2 and AVX-512 CPUs (bench/reproduce.py: the same int8 base under qemu as a
+# Haswell). Rounding them to a few significant bits, tried against kernel noise, cost quality on IS-Net
+# (onnxruntime 1.32, 6 gate photos, IoU vs fp32 mean / worst): as calibrated 0.99505 / 0.97808, 5 bits
+# 0.99316 / 0.97069, 4 bits 0.99358 / 0.97562.
 
 
 class StreamingReader(CalibrationDataReader):
@@ -56,8 +52,7 @@ class StreamingReader(CalibrationDataReader):
 def to_int8_static(source: Path, target: Path, calibration_images: Sequence[Path],
                    load: Callable[[Path], np.ndarray | dict], input_name: str = "input",
                    method: CalibrationMethod = CalibrationMethod.Entropy, head_in_float: bool = True,
-                   input_in_float: bool = True, scale_bits: int | None = SCALE_BITS) -> Path:
-    """``scale_bits``: round the activation scales to that many significant bits (None: as calibrated)."""
+                   input_in_float: bool = True) -> Path:
     if not calibration_images:
         raise ValueError("int8 calibration needs at least one image")
     reader = StreamingReader(input_name, calibration_images, load)
@@ -68,10 +63,8 @@ def to_int8_static(source: Path, target: Path, calibration_images: Sequence[Path
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
                             extra_options={"CalibStridedMinMax": 1})
         reader.bar.close()
-        if head_in_float or input_in_float or scale_bits:
+        if head_in_float or input_in_float:
             model = onnx.load(str(out))
-            if scale_bits:
-                round_activation_scales(model, onnx.load(str(source)), scale_bits)
             if head_in_float:
                 keep_head_float(model)
             if input_in_float:
@@ -106,57 +99,6 @@ def _fixed_calibration_session():
         yield
     finally:
         CalibraterBase.create_inference_session = original
-
-
-def round_significant_bits(value: float, bits: int) -> float:
-    """``value`` (> 0) to the nearest number of ``bits`` significant bits (float32-exact for bits ≤ 24)."""
-    mantissa, exponent = math.frexp(float(value))  # value = mantissa · 2**exponent, mantissa in [0.5, 1)
-    return math.ldexp(round(mantissa * (1 << bits)), exponent - bits)
-
-
-def round_activation_scales(model: onnx.ModelProto, fp32: onnx.ModelProto, bits: int = 5) -> int:
-    """Round, in place, every activation scale (the scalar scales of QuantizeLinear nodes) to ``bits``
-    significant bits, and requantize the int32 biases whose scale (input scale × weight scale) that changes from
-    the fp32 graph's biases, as onnxruntime quantizes them (float64 division, round half to even). Zero points
-    stay. Returns the scales changed."""
-    initializers = {i.name: i for i in model.graph.initializer}
-    names = {n.input[1] for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[1] in initializers}
-    changed = 0
-    for name in sorted(names):
-        tensor = initializers[name]
-        value = numpy_helper.to_array(tensor)
-        if value.size != 1 or value.dtype != np.float32 or not float(value.reshape(-1)[0]) > 0:
-            continue
-        rounded = np.asarray(round_significant_bits(float(value.reshape(-1)[0]), bits), np.float32).reshape(value.shape)
-        if rounded.tobytes() != value.tobytes():
-            tensor.CopyFrom(numpy_helper.from_array(rounded, name))
-            changed += 1
-    float_biases = {i.name: i for i in fp32.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3:
-            continue
-        x_dq, w_dq, b_dq = (producer.get(i) for i in node.input[:3])
-        if b_dq is None or b_dq.op_type != "DequantizeLinear" or w_dq is None or w_dq.op_type != "DequantizeLinear":
-            continue
-        bias_name = b_dq.input[0]
-        source = bias_name.removesuffix("_quantized")
-        # the input's scale: its DequantizeLinear's, or (input kept in float) the scale it was calibrated to
-        x_scale = x_dq.input[1] if x_dq is not None and x_dq.op_type == "DequantizeLinear" else f"{node.input[0]}_scale"
-        if source not in float_biases or x_scale not in initializers or x_scale not in names:
-            continue
-        input_scale = numpy_helper.to_array(initializers[x_scale])
-        weight_scale = numpy_helper.to_array(initializers[w_dq.input[1]])
-        bias_scale = (input_scale * weight_scale).astype(np.float32)
-        scale_tensor = initializers[b_dq.input[1]]
-        if np.asarray(numpy_helper.to_array(scale_tensor)).shape != bias_scale.shape:
-            continue
-        data = numpy_helper.to_array(float_biases[source]).astype(np.float64) / bias_scale.astype(np.float64)
-        info = np.iinfo(np.int32)
-        values = np.clip(data.round(), info.min, info.max).astype(np.int32).reshape(initializers[bias_name].dims)
-        scale_tensor.CopyFrom(numpy_helper.from_array(bias_scale, scale_tensor.name))
-        initializers[bias_name].CopyFrom(numpy_helper.from_array(values, bias_name))
-    return changed
 
 
 def to_quint8_dynamic(source: Path, target: Path) -> Path:
