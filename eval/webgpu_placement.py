@@ -1,0 +1,101 @@
+"""Does every node of a graph run on onnxruntime-web's WebGPU engine? Checked where users run it: in headless
+Chromium (Debian's, on its software adapter SwiftShader), with the npm onnxruntime-web build the bundle ships,
+a session created with ``session.disable_cpu_ep_fallback`` — onnxruntime then refuses a graph that would put
+any node on the CPU (e.g. QuantizeLinear, which has no WebGPU kernel). No inference runs: a 1024² run takes
+minutes on the software adapter, and placement is decided when the session is created.
+
+The export gates each WebGPU engine graph on it; the files are served to the page through Playwright's
+request routing from a made-up origin (no server, no network).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from eval.wasm_engine import ORT_WEB_PACKAGE, WASM_ENGINE_VERSION
+
+ORIGIN = "https://placement.clearcut.invalid"
+ORT_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
+TYPES = {"mjs": "text/javascript", "wasm": "application/wasm", "html": "text/html", "onnx": "application/octet-stream"}
+ENGINE = f"onnxruntime-web {WASM_ENGINE_VERSION} webgpu, Chromium software adapter"
+
+_PAGE = """<!doctype html><script type="module">
+import * as ort from './ort/ort.webgpu.min.mjs';
+ort.env.wasm.numThreads = 1;
+ort.env.logLevel = 'error';
+window.ort = ort;
+window.placement = async (url, config) => {
+  const adapter = navigator.gpu && await navigator.gpu.requestAdapter();
+  if (!adapter) return { error: 'no WebGPU adapter (Chromium without --enable-unsafe-webgpu?)' };
+  const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  try {
+    const session = await ort.InferenceSession.create(bytes, { executionProviders: ['webgpu'],
+      graphOptimizationLevel: 'all', extra: { ...config, 'session.disable_cpu_ep_fallback': '1' } });
+    await session.release();
+    return { ok: true };
+  } catch (err) {
+    return { ok: false, message: String(err?.message ?? err) };
+  }
+};
+window.ready = true;
+</script>"""
+
+
+def placement_available() -> str | None:
+    """None when the check can run here, else why not."""
+    from web_runtime.chromium import CHROMIUM
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (run `make setup-system`)"
+    if WASM_ENGINE_VERSION is None:
+        return f"onnxruntime-web is not installed in {ORT_WEB_PACKAGE.parent} (run `make setup`)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (run `make setup`)"
+    return None
+
+
+def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900) -> list[dict]:
+    """For each (graph, session config): ``{"all_on_webgpu": bool, "message": onnxruntime's error or None}``."""
+    from playwright.sync_api import sync_playwright
+
+    from web_runtime.chromium import WEBGPU_ARGS, launch
+
+    reason = placement_available()
+    if reason:
+        raise RuntimeError(f"the WebGPU placement check cannot run: {reason}")
+    served = {f"/ort/{f}": ORT_WEB_PACKAGE / "dist" / f for f in ORT_FILES}
+    served.update({f"/graph{i}.onnx": Path(path) for i, (path, _) in enumerate(graphs)})
+
+    def handle(route):
+        path = "/" + route.request.url.split(ORIGIN, 1)[1].lstrip("/").split("?")[0]
+        if path == "/":
+            return route.fulfill(status=200, body=_PAGE, headers={"Content-Type": TYPES["html"]})
+        file = served.get(path)
+        if file is None:
+            return route.fulfill(status=404, body="not found")
+        return route.fulfill(status=200, body=file.read_bytes(), headers={"Content-Type": TYPES[path.rsplit(".", 1)[1]]})
+
+    results = []
+    with sync_playwright() as p:
+        browser = launch(p, WEBGPU_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(timeout_s * 1000)
+            page.route(f"{ORIGIN}/**", handle)
+            page.goto(f"{ORIGIN}/")
+            page.wait_for_function("window.ready === true")
+            for i, (_, config) in enumerate(graphs):
+                answer = page.evaluate("([url, config]) => placement(url, config)", [f"/graph{i}.onnx", dict(config)])
+                if "error" in answer:
+                    raise RuntimeError(f"the WebGPU placement check cannot run: {answer['error']}")
+                results.append({"all_on_webgpu": bool(answer["ok"]), "message": answer.get("message")})
+        finally:
+            browser.close()
+    return results
+
+
+if __name__ == "__main__":  # python -m eval.webgpu_placement GRAPH.onnx ['{"session.disable_quant_qdq": "1"}']
+    import sys
+    print(json.dumps(check_placement([(Path(sys.argv[1]), json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})]), indent=2))

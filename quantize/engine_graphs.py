@@ -1,0 +1,80 @@
+"""Engine graphs: the graph another inference engine runs best, made from a shipped variant's graph with the
+same weight values.
+
+onnxruntime-web's WebGPU engine has no QuantizeLinear kernel: an int8 QDQ graph (static int8 activations) runs
+there with every QuantizeLinear on the CPU and each quantized activation copied GPU → CPU → GPU. Its WebGPU
+graph keeps the int8 weights and their DequantizeLinear nodes (byte for byte the same initializers, so a coded
+container can carry both graphs on one set of coded weights) and drops the activations' QuantizeLinear →
+DequantizeLinear pairs: float activations, and with ``session.disable_quant_qdq`` the session folds the weights'
+dequantization into float weights at load, so every node is a float node the GPU runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from common.files import atomic_write_bytes
+
+# The session setting the float-activation graph needs (the weights' DequantizeLinear folded at load).
+FLOAT_ACTIVATION_SESSION = {"session.disable_quant_qdq": "1"}
+
+
+def float_activation_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the int8 QDQ ``model`` without its activations' QuantizeLinear → DequantizeLinear pairs; weights,
+    biases and their DequantizeLinear nodes are kept (same initializers, same order); initializers only the
+    removed nodes read (activation scales and zero points) are dropped. ValueError when a QuantizeLinear of an
+    activation feeds anything but DequantizeLinear nodes (nothing to rewire it to)."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    replace: dict[str, str] = {}  # an activation DequantizeLinear's output → the float tensor it stood for
+    removed: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in constants:
+            continue
+        readers = consumers.get(node.output[0], [])
+        if node.output[0] in graph_outputs or any(r.op_type != "DequantizeLinear" for r in readers):
+            raise ValueError(f"QuantizeLinear {node.name!r} feeds {sorted({r.op_type for r in readers})}: "
+                             "only activation QuantizeLinear → DequantizeLinear pairs can be removed")
+        removed.add(id(node))
+        for reader in readers:
+            removed.add(id(reader))
+            replace[reader.output[0]] = node.input[0]
+
+    def source(name: str) -> str:
+        while name in replace:
+            name = replace[name]
+        return name
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    kept = [n for n in graph.node if id(n) not in removed]
+    for node in kept:
+        copy = out.graph.node.add()
+        copy.CopyFrom(node)
+        for i, name in enumerate(copy.input):
+            copy.input[i] = source(name)
+    for output in out.graph.output:
+        if output.name in replace:
+            raise ValueError(f"graph output {output.name!r} is a dequantized activation")
+    used = {name for n in out.graph.node for name in n.input} | graph_outputs
+    initializers = [i for i in graph.initializer if i.name in used]
+    del out.graph.initializer[:]
+    out.graph.initializer.extend(initializers)
+    values = [v for v in graph.value_info if v.name not in replace]
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(values)
+    onnx.checker.check_model(out)
+    return out
+
+
+def to_float_activations(source: Path, target: Path) -> None:
+    """``float_activation_model`` from file to file (written atomically)."""
+    model = float_activation_model(onnx.load(str(source)))
+    atomic_write_bytes(Path(target), model.SerializeToString())
