@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="fail on any variant below its gate (default: it is left out of dist/ and reported)")
     p_exp.add_argument("--no-wasm-gate", action="store_true",
                        help="gate in native onnxruntime only (default: onnxruntime-web's WASM engine decides)")
+    p_exp.add_argument("--no-engine-graphs", action="store_true",
+                       help="no WebGPU graphs of the coded variants (default: built, gated, placement-checked in Chromium)")
     p_cut = sub.add_parser("cut", help="remove the background of photos on this machine (eval/cut.py)",
                            description="Cut photos with a built variant, as the browser does. Outputs are "
                            "OUT/<input path relative to what was named, without suffix>.<format>; on a name clash "
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 calibration_images=_images(args.calibration_images),
                 strict=args.strict,
                 wasm_gate=not args.no_wasm_gate,
+                engine_graphs=not args.no_engine_graphs,
             ))
     except (WeightsError, KeyError, ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

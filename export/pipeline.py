@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from common.contract import INPUT_NAME, OUTPUT_NAME
 from common.files import atomic_write_bytes, file_hashes, sha256_file
 from common.onnx_graph import runtime_session_config, webgpu_problems
+from common.probe import PROBE_VERSION, probe_input, probe_record
 from common.sessions import cpu_session, run_stage
 from eval.images import calibration_photos, gate_photos, load_rgb, preprocess
 from eval.latency import cpu_latency_ms
@@ -29,13 +30,17 @@ from models.architectures import build_model
 from models.checkpoint import load_into, load_model
 from models.registry import CODED_VARIANTS, ModelConfig, Preprocessing
 from models.weights import pull
-from quantize.recipes import ALL_VARIANTS, BASE_VARIANT, Calibration, get_recipe
+from quantize.recipes import ALL_VARIANTS, BASE_VARIANT, ENGINE_GRAPHS, Calibration, get_recipe
 
 # An imported model must reproduce its source graph this closely on real photos.
 IMPORT_MAX_ABS = 2e-3
 IMPORT_MIN_IOU = 0.9999
 IMPORT_CHECK_PHOTOS = 6  # the first gate photos (PyPI packages' photos): proof of the weight mapping, not a gate
 PARITY_FIELDS = ("max_abs", "mean_abs", "iou_mean", "iou_worst", "worst_image", "passed")
+# The runtime's check of an engine's probe result: the largest mean abs difference of the pooled alpha it accepts
+# when the registry sets no mean-abs threshold for the variant (float kernels differ by ~1e-5; a wrong result by far
+# more).
+DEFAULT_PROBE_TOLERANCE = 0.006
 SUMMARY_FIELDS = ("max_abs", "mean_abs", "iou_mean", "iou_p10", "iou_worst", "worst_image", "worst_images")
 
 
@@ -53,6 +58,9 @@ class ExportOptions:
     wasm_gate: bool = True
     wasm_threads: int = 2
     strict: bool = False  # any failed variant fails the export (else: it is left out of dist/ and reported)
+    # Build each variant's engine graphs (quantize.recipes.ENGINE_GRAPHS: the float-activation graph WebGPU runs for
+    # a coded variant), gate them natively and check in Chromium that WebGPU runs every node.
+    engine_graphs: bool = True
     latency_runs: int = 3
     # Also export the registry's browser stages (graphs run one after another in the browser) and gate their
     # composition. None: when the registry lists stages; False: the single graph only.
@@ -115,6 +123,13 @@ class Build:
         self.photo_sets = self._photo_sets()
         if opts.wasm_gate and (reason := _wasm().wasm_available()):
             raise RuntimeError(f"the WASM gate cannot run: {reason}")
+        # variant → engine → the name of the graph that engine runs (a recipe of its own)
+        self.engine_graphs: dict[str, dict[str, str]] = {
+            v: {engine: recipe.name for engine, recipe in ENGINE_GRAPHS[v].items()}
+            for v in self.variants if opts.engine_graphs and v in ENGINE_GRAPHS}
+        if self.engine_graphs and (reason := _placement().placement_available()):
+            raise RuntimeError(f"the WebGPU graphs' placement check cannot run: {reason} "
+                               "(or export without engine graphs: --no-engine-graphs)")
 
     def _photo_sets(self) -> dict[str, dict[str, str]]:
         """Every photo set by name → sha256; refuses a gate photo that also calibrates or codes a variant (the
@@ -138,6 +153,14 @@ class Build:
 
     def path(self, variant: str, graph: str = WHOLE) -> Path:
         return self.dir / ".".join(filter(None, (self.config.name, variant, graph, "onnx")))
+
+    def probe_path(self, variant: str) -> Path:
+        """The graph's alpha on the probe input (float32 .npy), written by its parity step."""
+        return self.dir / f"{self.config.name}.{variant}.probe.npy"
+
+    def engines_container(self, variant: str) -> Path:
+        """The coded variant's container with its engine graphs."""
+        return self.dir / f"{self.config.name}.{variant}.engines.ccw"
 
     def inputs(self) -> list[np.ndarray]:
         return [preprocess(load_rgb(p), self.pre) for p in self.images]
@@ -224,18 +247,19 @@ def export_steps(build: Build) -> list[Step]:
 
 
 def variant_step(build: Build, variant: str, graph: str) -> Step:
-    """A recipe applied to one fp32 graph."""
+    """A recipe applied to one graph of its source variant (fp32, or the variant an engine graph is made of)."""
     recipe = get_recipe(variant)
-    source, target = build.path(BASE_VARIANT, graph), build.path(variant, graph)
+    source, target = build.path(recipe.source, graph), build.path(variant, graph)
     calibration = build.calibration(graph)
-    return Step(":".join(filter(None, ("variant", variant, graph))), {"fp32": source},
+    return Step(":".join(filter(None, ("variant", variant, graph))), {recipe.source: source},
                 recipe.params(build.config, calibration), {variant: target},
                 lambda: recipe.make(source, target, build.config, calibration))
 
 
-def parity_step(build: Build, variant: str, composition: Composition) -> Step:
+def parity_step(build: Build, variant: str, composition: Composition, probe: bool = False) -> Step:
     """The variant's graphs, run in sequence on the parity photos, against the torch reference; the whole
-    graph's session also times CPU latency (a second session would double a large model's memory)."""
+    graph's session also times CPU latency (a second session would double a large model's memory). ``probe``:
+    also the graph's alpha on the probe input (common/probe.py), which the runtime checks an engine against."""
     paths = [build.path(variant, g) for g in composition.graphs]
     timed = composition.graphs == (WHOLE,)
 
@@ -250,13 +274,65 @@ def parity_step(build: Build, variant: str, composition: Composition) -> Step:
             outputs = [run_stage(session, v)[0] for v in values]
             if timed:
                 latency = cpu_latency_ms(path, values[0][INPUT_NAME], runs=build.opts.latency_runs, session=session)
+            if probe:
+                pre = build.pre
+                probe_alpha = run_stage(session, {INPUT_NAME: probe_input(pre.input_size, pre.mean, pre.std)})[0]
             del session
         numbers = compare(outputs, [references[n] for n in names], names)
+        if probe:
+            buffer = io.BytesIO()
+            np.save(buffer, probe_alpha.astype(np.float32))
+            atomic_write_bytes(build.probe_path(variant), buffer.getvalue())
         return {**numbers, "latency": latency} if timed else numbers
 
     inputs = {"variant": paths[0]} if timed else dict(zip(composition.graphs, paths))
     return Step(f"parity:{variant}{composition.suffix}", {**inputs, "reference_outputs": build.reference_outputs},
-                {"summary": list(SUMMARY_FIELDS), **({"runs": build.opts.latency_runs} if timed else {})}, {}, run)
+                {"summary": list(SUMMARY_FIELDS), **({"runs": build.opts.latency_runs} if timed else {}),
+                 **({"probe": PROBE_VERSION} if probe else {})},
+                {"probe": build.probe_path(variant)} if probe else {}, run)
+
+
+def placement_step(build: Build) -> Step:
+    """Every WebGPU engine graph in Chromium's WebGPU engine with CPU fallback disabled: does each run every
+    node on the GPU (eval/webgpu_placement.py)? One browser for all of them."""
+    graphs = [g for engines in build.engine_graphs.values() for e, g in engines.items() if e == "webgpu"]
+    paths = {g: build.path(g) for g in graphs}
+
+    def run() -> dict:
+        found = _placement().check_placement([(paths[g], runtime_session_config(paths[g])) for g in graphs])
+        for g, result in zip(graphs, found):
+            build.log(f"  {g}: {'every node on WebGPU' if result['all_on_webgpu'] else 'NOT all on WebGPU: ' + str(result['message'])}")
+        return dict(zip(graphs, found))
+
+    return Step("webgpu_placement", paths, {"engine": _placement().ENGINE}, {}, run)
+
+
+def container_step(build: Build, variant: str) -> Step:
+    """The variant's `.ccw` container with its engine graphs added (one download, a graph per engine: the
+    coded weights are stored once, each graph's skeleton beside the others)."""
+    graphs = {engine: build.path(g) for engine, g in build.engine_graphs[variant].items()}
+    single, target = build.path(variant).with_suffix(".ccw"), build.engines_container(variant)
+
+    def run() -> dict:
+        from quantize import ccw
+        from quantize.codec_build import _brotli_size
+        extra = {engine: path.read_bytes() for engine, path in graphs.items()}
+        container = ccw.with_graphs(single.read_bytes(), extra)
+        for engine, data in extra.items():
+            if ccw.decode(container, engine) != data:
+                raise RuntimeError(f"{target.name}: graph {engine} does not decode to {graphs[engine].name}")
+        atomic_write_bytes(target, container)
+        return {"container": {"path": target.name, "sha256": sha256_file(target), "bytes": len(container),
+                              "brotli_bytes": _brotli_size(container), **ccw.summary(container)}}
+
+    return Step(f"container:{variant}", {"container": single, **{f"graph:{e}": p for e, p in graphs.items()}},
+                {"graphs": sorted(graphs)}, {"container": target}, run)
+
+
+def _placement():
+    """eval.webgpu_placement, imported when engine graphs are built."""
+    from eval import webgpu_placement
+    return webgpu_placement
 
 
 def wasm_parity_step(build: Build, variant: str) -> Step:
@@ -290,6 +366,11 @@ def plan(build: Build, weights: Path, weight_format: str | None) -> list[Step]:
     steps += [parity_step(build, v, c) for v in build.variants for c in build.compositions]
     if build.opts.wasm_gate:
         steps += [wasm_parity_step(build, v) for v in build.variants]
+    engine_graphs = [g for engines in build.engine_graphs.values() for g in engines.values()]
+    steps += [variant_step(build, g, WHOLE) for g in engine_graphs]
+    steps += [parity_step(build, g, build.compositions[0], probe=True) for g in engine_graphs]
+    if engine_graphs:
+        steps += [placement_step(build), *(container_step(build, v) for v in build.engine_graphs)]
     return steps
 
 
@@ -317,7 +398,7 @@ def run_export(opts: ExportOptions) -> dict:
         "source": source_record,
         "preprocessing": build.pre.to_dict(),
         "output": output_info(config),
-        "variants": {v: describe_variant(build, v, parity[v], manifest.data.get("variants", {}).get(v, {}))
+        "variants": {v: describe_variant(build, v, parity[v], manifest.data.get("variants", {}).get(v, {}), results)
                      for v in build.variants},
         "parity_images": [p.name for p in build.images],
         "photo_sets": build.photo_sets,
@@ -330,6 +411,13 @@ def run_export(opts: ExportOptions) -> dict:
     })
     manifest.save()
     build.log(format_table(manifest.data))
+    for variant, engines in build.engine_graphs.items():
+        for engine, numbers in parity[variant]["engines"].items():
+            placed = numbers["placement"]
+            build.log(f"{variant} {engine} graph ({numbers['graph']}, native): IoU mean {numbers['iou_mean']:.5f} "
+                      f"p10 {numbers['iou_p10']:.5f} mean abs {numbers['mean_abs']:.5f}"
+                      + ("" if placed is None else ", every node on WebGPU" if placed["all_on_webgpu"] else ", NODES ON THE CPU")
+                      + (" — pass" if numbers["passed"] else " — FAIL"))
     for line in reproduction_report(config, manifest.data["variants"]):
         build.log(line)
     usable = [v for v in config.bundle_default_order if v in build.variants and parity[v]["passed"]]
@@ -345,11 +433,15 @@ def run_export(opts: ExportOptions) -> dict:
 def failure_banner(failures: list[str], parity: dict) -> str:
     """What the export prints when some variants failed and the others still ship: each failure and the photos
     the failed variant did worst on."""
-    lines = ["", "!" * 78, "PARITY GATE: these variants FAILED and are left out of dist/ (STRICT=1 makes this an error):"]
+    lines = ["", "!" * 78, "PARITY GATE: these FAILED and are left out of dist/ (a variant, or one engine's graph of it: the "
+             "variant then runs its WASM graph there); STRICT=1 makes this an error:"]
     lines += [f"  {f}" for f in failures]
     for variant, numbers in parity.items():
         if not numbers["passed"]:
             lines.append(f"  {variant} worst photos ({numbers['engine']}): {', '.join(numbers['worst_images'])}")
+        for engine, graph in numbers.get("engines", {}).items():
+            if not graph["passed"]:
+                lines.append(f"  {variant} {engine} graph worst photos (native): {', '.join(graph['worst_images'])}")
     return "\n".join(lines + ["!" * 78])
 
 
@@ -415,6 +507,18 @@ def gate(build: Build, results: dict[str, dict]) -> tuple[dict[str, dict], list[
                     parity[variant].update(passed=False, clear=False)
             else:
                 parity[variant] = numbers
+    for variant, engines in build.engine_graphs.items():
+        limits = build.config.thresholds.get(variant)
+        parity[variant]["engines"] = {}
+        for engine, graph in engines.items():
+            numbers = dict(results[f"parity:{graph}"])
+            found = gate_failures(f"{variant} {engine} graph", numbers, limits) if limits else []
+            placement = results.get("webgpu_placement", {}).get(graph) if engine == "webgpu" else None
+            if placement is not None and not placement["all_on_webgpu"]:
+                found.append(f"{variant} {engine} graph: not every node runs on WebGPU ({placement['message']})")
+            numbers.update(graph=graph, engine="native", placement=placement, failures=found, passed=not found)
+            failures += found  # the variant still ships for the other engines; this engine runs it as WASM does
+            parity[variant]["engines"][engine] = numbers
     return parity, failures, fatal
 
 
@@ -429,8 +533,9 @@ def output_info(config: ModelConfig) -> dict:
     return {**config.output.to_dict(), "input_name": INPUT_NAME, "output_name": OUTPUT_NAME}
 
 
-def describe_variant(build: Build, variant: str, parity: dict, previous: dict) -> dict:
-    """The build manifest's entry of one variant: file, sizes, parity, CPU latency and its browser stages."""
+def describe_variant(build: Build, variant: str, parity: dict, previous: dict, results: dict | None = None) -> dict:
+    """The build manifest's entry of one variant: file, sizes, parity, CPU latency, its browser stages and its
+    engine graphs (each: file, session config, gate numbers and verdict, WebGPU placement, probe)."""
     path = build.path(variant)
     info = describe_file(path)
     # gzip -9 of a 176 MB file takes seconds: reuse the figure while the file is unchanged
@@ -444,6 +549,18 @@ def describe_variant(build: Build, variant: str, parity: dict, previous: dict) -
         info["stages"] = [{**describe_file(build.path(variant, s["name"])), "name": s["name"],
                            "inputs": s["inputs"], "outputs": s["outputs"]} for s in build.stage_io]
         info["stages_parity"] = {k: parity["stages"][k] for k in PARITY_FIELDS}
+    if variant in build.engine_graphs:
+        limits = build.config.thresholds.get(variant)
+        tolerance = limits.mean_abs if limits and limits.mean_abs else DEFAULT_PROBE_TOLERANCE
+        info["engines"] = {}
+        for engine, graph in build.engine_graphs[variant].items():
+            numbers, path = parity["engines"][engine], build.path(graph)
+            info["engines"][engine] = {
+                **describe_file(path), "graph": engine, "session_config": runtime_session_config(path),
+                "parity": {k: numbers.get(k) for k in SUMMARY_FIELDS}, "passed": numbers["passed"],
+                "failures": numbers["failures"], "placement": numbers["placement"],
+                "probe": probe_record(np.load(build.probe_path(graph)), tolerance)}
+        info["engines_container"] = ((results or {}).get(f"container:{variant}") or {}).get("container")
     return info
 
 

@@ -38,6 +38,20 @@ Decode: out = new Uint8Array(onnx_length); copy the skeleton into the gaps betwe
 order; for each tensor, out[onnx_offset + r·columns + c] = palette[r][index(r·columns + c)]; check the
 sha256. The encoder is deterministic: a row's palette is its distinct values in ascending order, so the
 container is a function of the ONNX bytes, the coded tensors and their (bits, width).
+
+Version 2: more graphs on the same coded weights (e.g. the graph another engine runs, quantize/engine_graphs.py).
+The u32 at 92 counts them (version 1: 0); they sit between the first graph's skeleton and the payloads:
+
+    per extra graph:
+            16 bytes  its name, ASCII, zero-padded (e.g. b"webgpu")
+            32 bytes  sha256 of its decoded ONNX file
+            u64 onnx_length, u64 skeleton_length
+            count × u64 onnx_offset: where tensor i of the table starts in this graph (ascending)
+            skeleton_length bytes: this graph without the coded payloads
+    then the payloads, as in version 1.
+
+Each tensor's payload is the same bytes in every graph; a graph decodes exactly like the first one, with its
+own offsets and skeleton. A container without extra graphs is written as version 1.
 """
 from __future__ import annotations
 
@@ -49,7 +63,10 @@ from typing import Mapping
 import numpy as np
 
 MAGIC = b"CCW1"
-VERSION = 1
+VERSION = 1  # one graph
+VERSION_GRAPHS = 2  # more graphs on the same coded weights
+GRAPH_NAME_BYTES = 16
+GRAPH = struct.Struct("<16s32sQQ")  # an extra graph's fixed part (64 bytes), then its offsets and skeleton
 HEADER = struct.Struct("<4sI32s32sQQII")  # 96 bytes
 RECORD = struct.Struct("<QIIBBHI")  # 24 bytes
 ALIGNED_WIDTHS = (1, 2, 4, 8)  # index widths that never straddle a byte
@@ -183,15 +200,42 @@ def row_palettes(q: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- encode / decode
 
-def encode(onnx_bytes: bytes, tensors: Mapping[str, tuple[int, int, int]]) -> bytes:
+@dataclass(frozen=True)
+class Graph:
+    """One graph of a container: its name ("" for the first), decoded sha256 and length, where each coded
+    tensor starts in it, and where its skeleton lies in the container."""
+
+    name: str
+    sha256: bytes
+    onnx_length: int
+    skeleton_length: int
+    offsets: tuple[int, ...]
+    skeleton_at: int
+
+
+def _skeleton(onnx_bytes: bytes, spans: list[tuple[int, int]]) -> bytes:
+    parts, cursor = [], 0
+    for offset, length in spans:
+        if offset < cursor:
+            raise ValueError("coded tensors overlap or are out of order")
+        parts.append(onnx_bytes[cursor:offset])
+        cursor = offset + length
+    parts.append(onnx_bytes[cursor:])
+    return b"".join(parts)
+
+
+def encode(onnx_bytes: bytes, tensors: Mapping[str, tuple[int, int, int]],
+           graphs: Mapping[str, bytes] | None = None) -> bytes:
     """The container of ``onnx_bytes`` with the named INT8 initializers coded; ``tensors``: name →
-    (bits, width, columns). ``columns`` splits the payload into rows (e.g. Cin·kh·kw of a Conv weight)."""
+    (bits, width, columns). ``columns`` splits the payload into rows (e.g. Cin·kh·kw of a Conv weight).
+    ``graphs``: more ONNX files by name whose initializers of those names hold the same bytes (version 2)."""
     where = initializer_payloads(onnx_bytes)
     missing = [name for name in tensors if name not in where]
     if missing:
         raise ValueError(f"not initializers with raw_data in this ONNX file: {missing[:5]}")
+    order = sorted(tensors, key=lambda n: where[n][0])
     records, payloads = [], []
-    for name in sorted(tensors, key=lambda n: where[n][0]):
+    for name in order:
         bits, width, columns = tensors[name]
         offset, length = where[name]
         if not 1 <= bits <= width <= 8 or columns <= 0 or length % columns:
@@ -203,72 +247,124 @@ def encode(onnx_bytes: bytes, tensors: Mapping[str, tuple[int, int, int]]) -> by
             raise ValueError(f"{name}: {err}") from None
         records.append(TensorRecord(offset, q.shape[0], columns, bits, width))
         payloads += [palettes.tobytes(), pack_indices(indices, width)]
-    skeleton, cursor = [], 0
-    for record in records:
-        if record.onnx_offset < cursor:
-            raise ValueError("coded tensors overlap")
-        skeleton.append(onnx_bytes[cursor:record.onnx_offset])
-        cursor = record.onnx_offset + record.length
-    skeleton.append(onnx_bytes[cursor:])
-    skeleton_bytes = b"".join(skeleton)
+    skeleton_bytes = _skeleton(onnx_bytes, [(r.onnx_offset, r.length) for r in records])
+    extras = []
+    for graph_name, data in (graphs or {}).items():
+        raw = graph_name.encode("ascii")
+        if not 0 < len(raw) <= GRAPH_NAME_BYTES or b"\0" in raw:
+            raise ValueError(f"graph name {graph_name!r}: 1 to {GRAPH_NAME_BYTES} ASCII characters")
+        there = initializer_payloads(data)
+        spans = []
+        for name, record in zip(order, records):
+            offset, length = there.get(name, (None, None))
+            if offset is None or data[offset:offset + length] != onnx_bytes[record.onnx_offset:record.onnx_offset + record.length]:
+                raise ValueError(f"graph {graph_name!r}: initializer {name} is missing or holds other bytes")
+            spans.append((offset, length))
+        if any(b[0] < a[0] for a, b in zip(spans, spans[1:])):
+            raise ValueError(f"graph {graph_name!r}: the coded initializers are in another order")
+        skeleton = _skeleton(data, spans)
+        extras.append(GRAPH.pack(raw, hashlib.sha256(data).digest(), len(data), len(skeleton))
+                      + struct.pack(f"<{len(spans)}Q", *(o for o, _ in spans)) + skeleton)
     table = b"".join(RECORD.pack(r.onnx_offset, r.rows, r.columns, r.bits, r.width, 0, 0) for r in records)
-    tail = struct.pack("<QQII", len(onnx_bytes), len(skeleton_bytes), len(records), 0)
-    body = hashlib.sha256(onnx_bytes).digest() + tail + table + skeleton_bytes + b"".join(payloads)
-    return MAGIC + struct.pack("<I", VERSION) + hashlib.sha256(body).digest() + body
+    tail = struct.pack("<QQII", len(onnx_bytes), len(skeleton_bytes), len(records), len(extras))
+    body = (hashlib.sha256(onnx_bytes).digest() + tail + table + skeleton_bytes + b"".join(extras)
+            + b"".join(payloads))
+    version = VERSION_GRAPHS if extras else VERSION
+    return MAGIC + struct.pack("<I", version) + hashlib.sha256(body).digest() + body
 
 
-def read_header(container: bytes) -> tuple[bytes, int, int, list[TensorRecord]]:
-    """(decoded sha256, onnx_length, skeleton_length, records) after checking magic, version and the
-    container's own sha256."""
+def read_graphs(container: bytes) -> tuple[list[TensorRecord], list[Graph], int]:
+    """(tensor records, graphs — the first one named "" —, offset of the first payload) after checking
+    magic, version, the container's own sha256 and that its lengths add up."""
     if len(container) < HEADER.size or container[:4] != MAGIC:
         raise ContainerError("not a .ccw container (bad magic)")
-    magic, version, body_sha, onnx_sha, onnx_length, skeleton_length, count, _ = HEADER.unpack_from(container)
-    if version != VERSION:
-        raise ContainerError(f".ccw version {version}; this decoder reads version {VERSION}")
+    magic, version, body_sha, onnx_sha, onnx_length, skeleton_length, count, extra = HEADER.unpack_from(container)
+    if version not in (VERSION, VERSION_GRAPHS) or (version == VERSION) != (extra == 0):
+        raise ContainerError(f".ccw version {version}; this decoder reads versions {VERSION} and {VERSION_GRAPHS}")
     if hashlib.sha256(memoryview(container)[40:]).digest() != body_sha:
         raise ContainerError(".ccw container is corrupt: its sha256 does not match its header")
     records = [TensorRecord(*RECORD.unpack_from(container, HEADER.size + i * RECORD.size)[:5]) for i in range(count)]
-    return onnx_sha, onnx_length, skeleton_length, records
+    at = HEADER.size + count * RECORD.size
+    graphs = [Graph("", onnx_sha, onnx_length, skeleton_length, tuple(r.onnx_offset for r in records), at)]
+    at += skeleton_length
+    for _ in range(extra):
+        if at + GRAPH.size + 8 * count > len(container):
+            raise ContainerError("container lengths are inconsistent")
+        raw, sha, length, skeleton = GRAPH.unpack_from(container, at)
+        offsets = struct.unpack_from(f"<{count}Q", container, at + GRAPH.size)
+        at += GRAPH.size + 8 * count
+        graphs.append(Graph(raw.rstrip(b"\0").decode("ascii", "replace"), sha, length, skeleton, offsets, at))
+        at += skeleton
+    coded = sum(r.length for r in records)
+    if (any(g.skeleton_length + coded != g.onnx_length for g in graphs)
+            or at + sum(r.palette_bytes + r.index_bytes for r in records) != len(container)):
+        raise ContainerError("container lengths are inconsistent")
+    return records, graphs, at
 
 
-def decode(container: bytes) -> bytes:
-    """The exact ONNX bytes the container was made from (ContainerError if it is corrupt)."""
-    onnx_sha, onnx_length, skeleton_length, records = read_header(container)
+def read_header(container: bytes) -> tuple[bytes, int, int, list[TensorRecord]]:
+    """(decoded sha256, onnx_length, skeleton_length, records) of the first graph, after the checks of
+    ``read_graphs``."""
+    records, graphs, _ = read_graphs(container)
+    return graphs[0].sha256, graphs[0].onnx_length, graphs[0].skeleton_length, records
+
+
+def graph_names(container: bytes) -> list[str]:
+    """The names of a container's extra graphs (the first graph is ``decode(container)``)."""
+    return [g.name for g in read_graphs(container)[1][1:]]
+
+
+def decode(container: bytes, graph: str = "") -> bytes:
+    """The exact ONNX bytes of the container's first graph, or of its extra graph ``graph`` (ContainerError if
+    it is corrupt or has no such graph)."""
+    records, graphs, data_at = read_graphs(container)
+    chosen = next((g for g in graphs if g.name == graph), None)
+    if chosen is None:
+        raise ContainerError(f"the container has no graph {graph!r}; it has {[g.name or '(first)' for g in graphs]}")
     view = memoryview(container)
-    skeleton_at = HEADER.size + len(records) * RECORD.size
-    data_at = skeleton_at + skeleton_length
-    out = np.empty(onnx_length, np.uint8)
+    out = np.empty(chosen.onnx_length, np.uint8)
     cursor = skel = 0
-    for record in records:
-        gap = record.onnx_offset - cursor
-        if gap < 0 or record.onnx_offset + record.length > onnx_length:
+    for record, offset in zip(records, chosen.offsets):
+        gap = offset - cursor
+        if gap < 0 or offset + record.length > chosen.onnx_length:
             raise ContainerError("tensor table out of order or out of range")
-        out[cursor:record.onnx_offset] = np.frombuffer(view, np.uint8, gap, skeleton_at + skel)
+        out[cursor:offset] = np.frombuffer(view, np.uint8, gap, chosen.skeleton_at + skel)
         skel += gap
         palettes = np.frombuffer(view, np.int8, record.palette_bytes, data_at).reshape(record.rows, 1 << record.bits)
         data_at += record.palette_bytes
         indices = unpack_indices(view[data_at:data_at + record.index_bytes], record.length, record.width)
         data_at += record.index_bytes
         q = np.take_along_axis(palettes, indices.reshape(record.rows, record.columns).astype(np.intp), axis=1)
-        out[record.onnx_offset:record.onnx_offset + record.length] = q.reshape(-1).view(np.uint8)
-        cursor = record.onnx_offset + record.length
-    rest = onnx_length - cursor
-    if skel + rest != skeleton_length or data_at != len(container):
+        out[offset:offset + record.length] = q.reshape(-1).view(np.uint8)
+        cursor = offset + record.length
+    rest = chosen.onnx_length - cursor
+    if skel + rest != chosen.skeleton_length:
         raise ContainerError("container lengths are inconsistent")
-    out[cursor:] = np.frombuffer(view, np.uint8, rest, skeleton_at + skel)
+    out[cursor:] = np.frombuffer(view, np.uint8, rest, chosen.skeleton_at + skel)
     decoded = out.tobytes()
-    if hashlib.sha256(decoded).digest() != onnx_sha:
+    if hashlib.sha256(decoded).digest() != chosen.sha256:
         raise ContainerError("decoded ONNX does not match the sha256 recorded in the container")
     return decoded
 
 
+def with_graphs(container: bytes, graphs: Mapping[str, bytes]) -> bytes:
+    """The container with ``graphs`` added beside its first graph (same coded tensors, bits and widths)."""
+    records, _, _ = read_graphs(container)
+    first = decode(container)
+    names = {offset: name for name, (offset, _) in initializer_payloads(first).items()}
+    tensors = {names[r.onnx_offset]: (r.bits, r.width, r.columns) for r in records}
+    return encode(first, tensors, graphs)
+
+
 def summary(container: bytes) -> dict:
     """Sizes of the parts (skeleton, palettes, indices) and the coded weights' bits, for reports."""
-    _, onnx_length, skeleton_length, records = read_header(container)
+    records, graphs, _ = read_graphs(container)
+    onnx_length, skeleton_length = graphs[0].onnx_length, graphs[0].skeleton_length
     bits: dict[int, int] = {}
     for r in records:
         bits[r.bits] = bits.get(r.bits, 0) + r.length
     return {"bytes": len(container), "onnx_bytes": onnx_length, "skeleton_bytes": skeleton_length,
             "palette_bytes": sum(r.palette_bytes for r in records), "index_bytes": sum(r.index_bytes for r in records),
             "tensors": len(records), "coded_weights": sum(r.length for r in records),
+            "graphs": {g.name: {"onnx_bytes": g.onnx_length, "skeleton_bytes": g.skeleton_length} for g in graphs[1:]},
             "weights_by_bits": {str(k): v for k, v in sorted(bits.items())}}

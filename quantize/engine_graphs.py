@@ -7,17 +7,34 @@ graph keeps the int8 weights and their DequantizeLinear nodes (byte for byte the
 container can carry both graphs on one set of coded weights) and drops the activations' QuantizeLinear →
 DequantizeLinear pairs: float activations, and with ``session.disable_quant_qdq`` the session folds the weights'
 dequantization into float weights at load, so every node is a float node the GPU runs.
+
+onnxruntime's QDQ quantizer drops a Relu that precedes a QuantizeLinear whose range starts at 0 (its zero point
+is the type's lowest value, so the rounding clamps negatives to 0 anyway): U²-Net's and IS-Net's conv blocks
+have no Relu left in the int8 graph. Where such a pair goes, a Relu comes back (and where the activation was
+non-negative anyway it changes nothing); the upper end of the int8 range, a calibration artefact, is not kept.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from common.files import atomic_write_bytes
 
-# The session setting the float-activation graph needs (the weights' DequantizeLinear folded at load).
-FLOAT_ACTIVATION_SESSION = {"session.disable_quant_qdq": "1"}
+_LOWEST = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128, onnx.TensorProto.UINT16: 0,
+           onnx.TensorProto.INT16: -32768}
+
+
+def _clamps_at_zero(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> bool:
+    """Whether a QuantizeLinear's range starts at 0: its zero point is the lowest value of its type."""
+    if len(node.input) < 3 or node.input[2] not in initializers:
+        return True  # no zero point: uint8 with zero point 0
+    zero_point = initializers[node.input[2]]
+    lowest = _LOWEST.get(zero_point.data_type)
+    return lowest is not None and bool(np.all(numpy_helper.to_array(zero_point) == lowest))
+
 
 
 def float_activation_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -26,7 +43,8 @@ def float_activation_model(model: onnx.ModelProto) -> onnx.ModelProto:
     removed nodes read (activation scales and zero points) are dropped. ValueError when a QuantizeLinear of an
     activation feeds anything but DequantizeLinear nodes (nothing to rewire it to)."""
     graph = model.graph
-    constants = {i.name for i in graph.initializer}
+    initializers = {i.name: i for i in graph.initializer}
+    constants = set(initializers)
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -34,6 +52,7 @@ def float_activation_model(model: onnx.ModelProto) -> onnx.ModelProto:
     graph_outputs = {o.name for o in graph.output}
     replace: dict[str, str] = {}  # an activation DequantizeLinear's output → the float tensor it stood for
     removed: set[int] = set()
+    relus: dict[int, onnx.NodeProto] = {}  # a removed QuantizeLinear → the Relu that takes its place
     for node in graph.node:
         if node.op_type != "QuantizeLinear" or node.input[0] in constants:
             continue
@@ -42,9 +61,13 @@ def float_activation_model(model: onnx.ModelProto) -> onnx.ModelProto:
             raise ValueError(f"QuantizeLinear {node.name!r} feeds {sorted({r.op_type for r in readers})}: "
                              "only activation QuantizeLinear → DequantizeLinear pairs can be removed")
         removed.add(id(node))
+        value = node.input[0]
+        if _clamps_at_zero(node, initializers):
+            value = f"{node.output[0]}_relu"
+            relus[id(node)] = helper.make_node("Relu", [node.input[0]], [value], name=f"{node.name}_relu")
         for reader in readers:
             removed.add(id(reader))
-            replace[reader.output[0]] = node.input[0]
+            replace[reader.output[0]] = value
 
     def source(name: str) -> str:
         while name in replace:
@@ -54,7 +77,7 @@ def float_activation_model(model: onnx.ModelProto) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(model)
     del out.graph.node[:]
-    kept = [n for n in graph.node if id(n) not in removed]
+    kept = [relus[id(n)] if id(n) in relus else n for n in graph.node if id(n) not in removed or id(n) in relus]
     for node in kept:
         copy = out.graph.node.add()
         copy.CopyFrom(node)

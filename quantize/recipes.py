@@ -33,8 +33,9 @@ class Calibration:
 class Recipe:
     name: str
     summary: str
-    make: Callable[[Path, Path, ModelConfig, Calibration], None]  # (fp32 graph, target, config, calibration)
+    make: Callable[[Path, Path, ModelConfig, Calibration], None]  # (source graph, target, config, calibration)
     params: Callable[[ModelConfig, Calibration], dict]  # what the build manifest records (and keys the step on)
+    source: str = BASE_VARIANT  # the variant whose graph the recipe starts from
 
 
 def _fp16(fp32: Path, target: Path, config: ModelConfig, _: Calibration) -> None:
@@ -82,7 +83,27 @@ def coded_recipe(name: str, budget: float) -> Recipe:
                         "(error-compensating rounding, per-layer widths); .ccw container beside it", make, params)
 
 
+def webgpu_graph_recipe(variant: str) -> Recipe:
+    """The graph WebGPU runs for ``variant`` (an int8 QDQ graph): the same int8 weights and their
+    DequantizeLinear nodes, float activations (quantize/engine_graphs.py). Shipped inside the variant's `.ccw`
+    container beside the WASM graph, on the same coded weights."""
+    def make(source: Path, target: Path, _: ModelConfig, __: Calibration) -> None:
+        from quantize.engine_graphs import to_float_activations
+        to_float_activations(source, target)
+
+    return Recipe(engine_graph_name(variant, "webgpu"),
+                  f"{variant}'s int8 weights + DequantizeLinear, float activations: the graph WebGPU runs wholly on the GPU",
+                  make, lambda _, __: {"engine": "webgpu", "activations": "float", "relu": "restored"}, source=variant)
+
+
+def engine_graph_name(variant: str, engine: str) -> str:
+    return f"{variant}-{engine}"
+
+
 RECIPES: dict[str, Recipe] = {}
+# Engine graphs: per shipped variant and engine (other than WASM, which runs the variant's own graph), the recipe
+# of the graph that engine runs. Built and gated with the variant; not variants of their own.
+ENGINE_GRAPHS: dict[str, dict[str, Recipe]] = {name: {"webgpu": webgpu_graph_recipe(name)} for name in CODED_VARIANTS}
 
 
 def register_recipe(recipe: Recipe) -> Recipe:
@@ -111,7 +132,8 @@ ALL_VARIANTS: tuple[str, ...] = (BASE_VARIANT, *RECIPES)
 
 
 def get_recipe(name: str) -> Recipe:
+    engine_graphs = {r.name: r for graphs in ENGINE_GRAPHS.values() for r in graphs.values()}
     try:
-        return RECIPES[name]
+        return RECIPES[name] if name in RECIPES else engine_graphs[name]
     except KeyError:
         raise ValueError(f"unknown variant {name!r}; known: {', '.join(ALL_VARIANTS)}") from None

@@ -1,15 +1,17 @@
 // The `.ccw` weight container (format "ccw1", specified byte by byte in quantize/ccw.py): an int8 QDQ ONNX file
-// whose coded weight tensors are stored as per-row palette indices of fewer than 8 bits. `decodeContainer`
-// rebuilds the exact ONNX bytes and refuses (ClearCutError `integrity`) a container whose own sha256, or whose
+// whose coded weight tensors are stored as per-row palette indices of fewer than 8 bits; version 2 carries more
+// graphs on the same coded weights (e.g. the float-activation graph WebGPU runs). `decodeContainer` rebuilds
+// the exact ONNX bytes of one graph and refuses (ClearCutError `integrity`) a container whose own sha256, or whose
 // decoded bytes' sha256, does not match. No dependencies; the worker calls it between download and session.
 import { ClearCutError } from './errors.js';
 import { sha256Hex } from './store.js';
 
 export const CCW_FORMAT = 'ccw1';
 const MAGIC = [0x43, 0x43, 0x57, 0x31]; // "CCW1"
-const VERSION = 1;
+const VERSIONS = [1, 2]; // 1: one graph; 2: more graphs on the same coded weights
 const HEADER_BYTES = 96;
 const RECORD_BYTES = 24;
+const GRAPH_BYTES = 64; // an extra graph's name (16), sha256 (32), onnx and skeleton lengths (u64 each)
 
 const corrupt = (why) => new ClearCutError('integrity',
   `The model's weight container is corrupt or was altered (${why}): it was not used or cached; redeploy the bundle.`);
@@ -17,7 +19,8 @@ const corrupt = (why) => new ClearCutError('integrity',
 const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 
 /**
- * The header and tensor table of a container, checked for shape (not yet for its sha256).
+ * The header, tensor table and graphs of a container, checked for shape (not yet for its sha256). Each graph:
+ * {name ('' for the first), sha256, onnxLength, skeletonLength, skeletonAt, offsets (of the table's tensors)}.
  * @param {Uint8Array} c
  */
 export function readHeader(c) {
@@ -25,32 +28,54 @@ export function readHeader(c) {
   const view = new DataView(c.buffer, c.byteOffset, c.byteLength);
   const u64 = (at) => view.getUint32(at, true) + view.getUint32(at + 4, true) * 2 ** 32;
   const version = view.getUint32(4, true);
-  if (version !== VERSION) throw corrupt(`version ${version}, this runtime reads ${VERSION}`);
-  const header = {
-    bodySha256: hex(c.subarray(8, 40)), onnxSha256: hex(c.subarray(40, 72)),
-    onnxLength: u64(72), skeletonLength: u64(80), count: view.getUint32(88, true), records: [],
-  };
-  const tableEnd = HEADER_BYTES + header.count * RECORD_BYTES;
+  const extra = view.getUint32(92, true);
+  if (!VERSIONS.includes(version) || (version === 1) !== (extra === 0)) {
+    throw corrupt(`version ${version}, this runtime reads ${VERSIONS.join(' and ')}`);
+  }
+  const count = view.getUint32(88, true);
+  const header = { bodySha256: hex(c.subarray(8, 40)), count, records: [], graphs: [] };
+  const tableEnd = HEADER_BYTES + count * RECORD_BYTES;
   if (tableEnd > c.length) throw corrupt('tensor table beyond the end');
-  let end = 0;
-  let data = tableEnd + header.skeletonLength;
-  for (let i = 0; i < header.count; i++) {
+  const first = { name: '', sha256: hex(c.subarray(40, 72)), onnxLength: u64(72), skeletonLength: u64(80),
+    skeletonAt: tableEnd, offsets: [] };
+  let coded = 0;
+  for (let i = 0; i < count; i++) {
     const at = HEADER_BYTES + i * RECORD_BYTES;
-    const r = { offset: u64(at), rows: view.getUint32(at + 8, true), columns: view.getUint32(at + 12, true),
-      bits: c[at + 16], width: c[at + 17] };
-    const length = r.rows * r.columns;
-    if (!(r.bits >= 1 && r.bits <= r.width && r.width <= 8) || r.offset < end || r.offset + length > header.onnxLength) {
-      throw corrupt(`tensor ${i} out of order or out of range`);
-    }
-    end = r.offset + length;
-    r.palettesAt = data;
-    r.indicesAt = data + r.rows * (1 << r.bits);
-    data = r.indicesAt + Math.ceil((length * r.width) / 8);
+    const r = { rows: view.getUint32(at + 8, true), columns: view.getUint32(at + 12, true), bits: c[at + 16], width: c[at + 17] };
+    if (!(r.bits >= 1 && r.bits <= r.width && r.width <= 8)) throw corrupt(`tensor ${i} has bad bits or width`);
+    first.offsets.push(u64(at));
+    coded += r.rows * r.columns;
     header.records.push(r);
   }
-  const coded = header.records.reduce((sum, r) => sum + r.rows * r.columns, 0);
-  if (data !== c.length || header.skeletonLength + coded !== header.onnxLength) throw corrupt('inconsistent lengths');
-  header.skeletonAt = tableEnd;
+  header.graphs.push(first);
+  let at = tableEnd + first.skeletonLength;
+  for (let g = 0; g < extra; g++) {
+    if (at + GRAPH_BYTES + 8 * count > c.length) throw corrupt('graph table beyond the end');
+    const nameBytes = c.subarray(at, at + 16);
+    const zero = nameBytes.indexOf(0);
+    const graph = { name: new TextDecoder().decode(zero < 0 ? nameBytes : nameBytes.subarray(0, zero)),
+      sha256: hex(c.subarray(at + 16, at + 48)), onnxLength: u64(at + 48), skeletonLength: u64(at + 56), offsets: [] };
+    at += GRAPH_BYTES;
+    for (let i = 0; i < count; i++, at += 8) graph.offsets.push(u64(at));
+    graph.skeletonAt = at;
+    at += graph.skeletonLength;
+    header.graphs.push(graph);
+  }
+  for (const graph of header.graphs) {
+    let end = 0;
+    graph.offsets.forEach((offset, i) => {
+      const length = header.records[i].rows * header.records[i].columns;
+      if (offset < end || offset + length > graph.onnxLength) throw corrupt(`tensor ${i} out of order or out of range`);
+      end = offset + length;
+    });
+    if (graph.skeletonLength + coded !== graph.onnxLength) throw corrupt('inconsistent lengths');
+  }
+  for (const r of header.records) {
+    r.palettesAt = at;
+    r.indicesAt = at + r.rows * (1 << r.bits);
+    at = r.indicesAt + Math.ceil((r.rows * r.columns * r.width) / 8);
+  }
+  if (at !== c.length) throw corrupt('inconsistent lengths');
   return header;
 }
 
@@ -144,41 +169,45 @@ function decodeTensor(out, pal, src, rows, columns, bits, width) {
 }
 
 /**
- * The ONNX bytes of a container, verified: the container's sha256 (its header), the decoded bytes' sha256
- * against the container's record and against `expected` (the manifest's sha256 and length of the variant).
- * Anything that does not match is a ClearCutError `integrity`.
+ * The ONNX bytes of one graph of a container (the first, or the extra graph `graph`), verified: the container's
+ * sha256 (its header), the decoded bytes' sha256 against the container's record and against `expected` (the
+ * manifest's sha256 and length of that graph). Anything that does not match is a ClearCutError `integrity`.
  * @param {Uint8Array} container
  * @param {{sha256: string, bytes: number}} expected
  * @param {(p: {loaded: number, total: number}) => void} [onProgress] weights decoded so far, of all coded weights
+ * @param {string} [graph] '' (the first graph) or an extra graph's name, e.g. 'webgpu'
  * @returns {Promise<Uint8Array>}
  */
-export async function decodeContainer(container, expected, onProgress) {
+export async function decodeContainer(container, expected, onProgress, graph = '') {
   const h = readHeader(container);
   if ((await sha256Hex(container.subarray(40))) !== h.bodySha256) throw corrupt('its sha256 does not match its header');
-  if (h.onnxSha256 !== expected.sha256 || h.onnxLength !== expected.bytes) {
-    throw corrupt(`it decodes to ${h.onnxLength} bytes, sha256 ${h.onnxSha256}; the manifest lists ${expected.bytes} bytes, ${expected.sha256}`);
+  const g = h.graphs.find((x) => x.name === graph);
+  if (!g) throw corrupt(`it has no graph "${graph}" (it has ${h.graphs.map((x) => x.name || '(first)').join(', ')})`);
+  if (g.sha256 !== expected.sha256 || g.onnxLength !== expected.bytes) {
+    throw corrupt(`it decodes to ${g.onnxLength} bytes, sha256 ${g.sha256}; the manifest lists ${expected.bytes} bytes, ${expected.sha256}`);
   }
-  const out = new Uint8Array(h.onnxLength);
-  const total = h.onnxLength - h.skeletonLength;
+  const out = new Uint8Array(g.onnxLength);
+  const total = g.onnxLength - g.skeletonLength;
   let loaded = 0;
   let reported = 0;
   onProgress?.({ loaded, total });
   let cursor = 0;
-  let skel = h.skeletonAt;
-  for (const r of h.records) {
-    const gap = r.offset - cursor;
+  let skel = g.skeletonAt;
+  h.records.forEach((r, i) => {
+    const offset = g.offsets[i];
+    const gap = offset - cursor;
     out.set(container.subarray(skel, skel + gap), cursor);
     skel += gap;
     const length = r.rows * r.columns;
-    decodeTensor(out.subarray(r.offset, r.offset + length), container.subarray(r.palettesAt, r.indicesAt),
+    decodeTensor(out.subarray(offset, offset + length), container.subarray(r.palettesAt, r.indicesAt),
       container.subarray(r.indicesAt, r.indicesAt + Math.ceil((length * r.width) / 8)), r.rows, r.columns, r.bits, r.width);
-    cursor = r.offset + length;
+    cursor = offset + length;
     loaded += length;
     if (onProgress && loaded - reported >= total / 32) { reported = loaded; onProgress({ loaded, total }); }
-  }
-  out.set(container.subarray(skel, skel + (h.onnxLength - cursor)), cursor);
+  });
+  out.set(container.subarray(skel, skel + (g.onnxLength - cursor)), cursor);
   if (reported !== loaded) onProgress?.({ loaded, total });
   const actual = await sha256Hex(out);
-  if (actual !== h.onnxSha256) throw corrupt(`the decoded model's sha256 ${actual} is not the ${h.onnxSha256} it records`);
+  if (actual !== g.sha256) throw corrupt(`the decoded model's sha256 ${actual} is not the ${g.sha256} it records`);
   return out;
 }
