@@ -70,6 +70,30 @@ CODED_FORMATS = ("ccw1",)
 
 
 @dataclass(frozen=True)
+class Probe:
+    """An engine graph's expected alpha on the probe input (common/probe.py): the runtime compares the engine's
+    result with it before it trusts the engine."""
+
+    version: int
+    cells: int  # the alpha pooled to cells × cells means
+    expected: str  # base64 of cells² bytes, round(255 · mean)
+    tolerance: float  # the largest mean abs difference accepted
+
+
+@dataclass(frozen=True)
+class EngineGraph:
+    """The graph one engine runs for a variant instead of the variant's own (e.g. WebGPU's float-activation
+    graph of a coded variant): decoded from the same container (`graph` names it there)."""
+
+    graph: str
+    bytes: int
+    sha256: str
+    session_config: dict[str, str]
+    webgpu_features: list[str]
+    probe: Probe
+
+
+@dataclass(frozen=True)
 class Variant:
     bytes: int  # of the ONNX file (decoded, for a coded variant)
     sha256: str | None = field(default=None, metadata=OMIT_IF_NONE)  # absent for staged variants
@@ -82,6 +106,7 @@ class Variant:
     chunks: list[Chunk] | None = field(default=None, metadata=OMIT_IF_NONE)  # one graph
     stages: list[Stage] | None = field(default=None, metadata=OMIT_IF_NONE)  # or graphs run in sequence
     coded: Coded | None = field(default=None, metadata=OMIT_IF_NONE)  # chunks are a weight container
+    engines: dict[str, EngineGraph] | None = field(default=None, metadata=OMIT_IF_NONE)  # engine → its own graph
 
     def __post_init__(self):
         if (self.chunks is None) == (self.stages is None):
@@ -91,6 +116,8 @@ class Variant:
                 raise ManifestError("a coded variant lists its container's chunks and the decoded graph's sha256")
             if self.coded.format not in CODED_FORMATS:
                 raise ManifestError(f"coded.format {self.coded.format!r} is not one of {list(CODED_FORMATS)}")
+        if self.engines is not None and self.coded is None:
+            raise ManifestError("engine graphs travel in a coded variant's container")
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,15 @@ def runtime_session_config(path_or_model: Path | onnx.ModelProto) -> dict[str, s
     return {}
 
 
+def has_quantized_activations(path_or_model: Path | onnx.ModelProto) -> bool:
+    """Whether a graph quantizes computed tensors (a QuantizeLinear of something other than an initializer): an
+    int8 QDQ graph, whose QuantizeLinear nodes onnxruntime-web's WebGPU engine would run on the CPU."""
+    model = load_graph(path_or_model)
+    constants = {i.name for i in model.graph.initializer}
+    return any(n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") and n.input[0] not in constants
+               for n in model.graph.node)
+
+
 def webgpu_features(path_or_model: Path | onnx.ModelProto) -> list[str]:
     """WebGPU device features a graph needs: `shader-f16` when it computes in fp16 (a Cast to float16 of a
     computed tensor, as the fp16 variant does after its fp32 input). Weights stored in fp16 and cast up to

@@ -25,7 +25,7 @@ import onnx
 from common.contract import BUNDLE_SCHEMA
 from common.files import sha256_file, sri
 from common.manifest_schema import ManifestError, parse_bundle_manifest, to_json
-from common.onnx_graph import load_graph, runtime_session_config, webgpu_features
+from common.onnx_graph import has_quantized_activations, load_graph, runtime_session_config, webgpu_features
 from quantize import ccw
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +46,7 @@ ORT_FILES = {
 }
 ORT_ENTRY = {"wasm": "ort.wasm.min.mjs", "webgpu": "ort.webgpu.min.mjs"}
 RUNTIME_FILES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js", "worker.js", "loader.js", "engine.js",
-                 "engine_ort.js", "runners.js", "ccw.js", "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts",
+                 "engine_ort.js", "runners.js", "ccw.js", "probe.js", "cut.js", "compose.js", "imaging.js", "refine.js", "clearcut.d.ts",
                  "manifest.d.ts"]
 PAGE_MODULES = ["clearcut.js", "boot.js", "store.js", "version.js", "errors.js", ZIP_MODULE[1]]  # the page's import graph (SRI in the demo)
 REFINE_PARAMS = HERE / "refine.json"  # edge-refinement constants (single source; eval/refine.py reads it too)
@@ -177,10 +177,13 @@ def _checked_graph(build_dir: Path, entry: dict, manifest_path: Path) -> tuple[P
 
 def _container(build_dir: Path, build: dict, name: str, entry: dict) -> Path | None:
     """The `.ccw` container the build recorded for variant `name`, checked: its file's sha256 is the recorded
-    one and it decodes (by its header) to the variant's ONNX sha256 and length. None for a plain variant."""
+    one and it decodes (by its header) to the variant's ONNX sha256 and length. None for a plain variant. When
+    the variant's engine graphs passed their gate, the container that carries them too."""
     info = ((build.get("stages") or {}).get(f"variant:{name}", {}).get("result") or {}).get("container")
     if not info:
         return None
+    if _shipped_engines(entry) and entry.get("engines_container"):
+        info = entry["engines_container"]
     path = build_dir / info["path"]
     if not path.is_file() or sha256_file(path) != info["sha256"]:
         raise BundleError(f"{path} is missing or differs from the sha256 the build recorded; re-run the export")
@@ -258,14 +261,19 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
             onnx_path, graph = _checked_graph(build_dir, entry, manifest_path)
             container = _container(build_dir, build, name, entry) if coded else None
             shipped = container or onnx_path
+            engines = _engine_entries(build_dir, entry, container) if "webgpu" in backends else {}
             out_variants[name] = {
                 "bytes": entry["bytes"], "sha256": entry["sha256"], "gzip_bytes": entry.get("gzip_bytes"),
                 "parity": entry.get("parity"), "cpu_latency_ms": entry.get("cpu_latency_ms"),
-                "backends": list(backends),
+                # an int8 QDQ graph on WebGPU would run its QuantizeLinear nodes on the CPU: WebGPU only with a
+                # WebGPU graph of its own
+                "backends": [b for b in backends if b != "webgpu" or engines or not has_quantized_activations(graph)],
                 "session_config": runtime_session_config(graph),
                 "webgpu_features": webgpu_features(graph),
                 "chunks": split_variant(shipped, tmp / "chunks", chunk_bytes),
             }
+            if engines:
+                out_variants[name]["engines"] = engines
             if container is not None:
                 out_variants[name]["coded"] = {"format": "ccw1", "bytes": container.stat().st_size,
                                                "sha256": sha256_file(container)}
@@ -324,6 +332,28 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _shipped_engines(entry: dict) -> dict:
+    """The build's engine graphs of a variant that passed their gate (placement included)."""
+    return {engine: e for engine, e in (entry.get("engines") or {}).items() if e.get("passed")}
+
+
+def _engine_entries(build_dir: Path, entry: dict, container: Path | None) -> dict:
+    """The bundle manifest's `engines` of a variant: per engine whose graph passed the gate and travels in the
+    variant's container, the graph's name in the container, sha256, length, session config and probe."""
+    if container is None:
+        return {}
+    carried = set(ccw.graph_names(container.read_bytes()))
+    out = {}
+    for engine, e in _shipped_engines(entry).items():
+        if e["graph"] not in carried:
+            continue
+        graph = load_graph(build_dir / e["path"])
+        out[engine] = {"graph": e["graph"], "bytes": e["bytes"], "sha256": e["sha256"],
+                       "session_config": e["session_config"], "webgpu_features": webgpu_features(graph),
+                       "probe": e["probe"]}
+    return out
 
 
 def default_variant(variants: dict, model: str, build_variants: dict | None = None) -> str:

@@ -25,7 +25,7 @@ export async function createOrtEngine({ manifest, variant, file, backend, numThr
   const wanted = backend || 'wasm';
   let gpuReason = null;
   if (wanted === 'webgpu' || wanted === 'auto') {
-    gpuReason = await webgpuProblem(variant, wanted === 'auto');
+    gpuReason = await webgpuProblem(variant, wanted === 'auto', manifest);
     if (wanted === 'webgpu' && gpuReason) throw new ClearCutError('backend', `WebGPU backend unavailable: ${gpuReason}.`);
   }
   const useGpu = wanted !== 'wasm' && gpuReason === null;
@@ -115,14 +115,18 @@ function wrap(ort, session) {
 }
 
 /** Why WebGPU cannot run this variant here, or null. */
-async function webgpuProblem(variant, autoMode) {
-  if (!variant.backends?.includes('webgpu')) return 'this bundle does not ship the WebGPU runtime';
+async function webgpuProblem(variant, autoMode, manifest) {
+  if (!manifest.runtime.ort.webgpu) return 'this bundle does not ship the WebGPU runtime';
+  if (!variant.backends?.includes('webgpu')) {
+    return 'this variant has no WebGPU graph (its int8 activations would run on the CPU): pick a coded variant, int8w or fp32';
+  }
   if (!('gpu' in navigator)) return 'navigator.gpu is missing (no WebGPU in this browser)';
   const adapter = await /** @type {any} */ (navigator).gpu.requestAdapter().catch(() => null);
   if (!adapter) return 'no WebGPU adapter';
   const fallback = adapter.info?.isFallbackAdapter ?? adapter.isFallbackAdapter;
   if (autoMode && fallback) return 'only a software (fallback) WebGPU adapter';
-  const missing = (variant.webgpu_features || []).filter((f) => !adapter.features.has(f));
+  const features = variant.engines?.webgpu?.webgpu_features ?? variant.webgpu_features ?? [];
+  const missing = features.filter((f) => !adapter.features.has(f));
   if (missing.length) return `the WebGPU adapter lacks ${missing.join(', ')}, which this variant needs (pick an fp32 or int8 variant)`;
   return null;
 }

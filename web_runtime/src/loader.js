@@ -148,13 +148,16 @@ function checkManifest(m, url) {
  * Bytes of each model file of a variant (one, or one per stage), each assembled from its verified chunks. A coded
  * variant's chunks are its weight container: decoded into the graph's bytes, checked against the container's
  * and the manifest's sha256, and only then are its chunks cached; when the decode or a check fails, none of
- * them is kept (those already cached are deleted) and the load fails with `integrity`.
- * @param {{bytes: number, sha256?: string, chunks?: Chunk[], coded?: import('./manifest').Coded}[]} parts
+ * them is kept (those already cached are deleted) and the load fails with `integrity`. `engineGraph` settles,
+ * while the chunks download, on the engine whose own graph to decode from the container (the variant's
+ * `engines` entry: e.g. WebGPU's float-activation graph), or null for the variant's graph.
+ * @param {{bytes: number, sha256?: string, chunks?: Chunk[], coded?: import('./manifest').Coded,
+ *          engines?: Record<string, import('./manifest').EngineGraph>}[]} parts
  *   the variant, or its stages @param {string} base URL the chunk paths are relative to
- * @param {{signal: AbortSignal, onProgress: (p: DownloadProgress) => void}} io
+ * @param {{signal: AbortSignal, onProgress: (p: DownloadProgress) => void, engineGraph?: Promise<string | null>}} io
  * @returns {Promise<Uint8Array[]>}
  */
-export async function loadModel(parts, base, { signal, onProgress }) {
+export async function loadModel(parts, base, { signal, onProgress, engineGraph }) {
   const cache = await openCache(CHUNK_CACHE);
   const download = { loaded: 0, total: parts.reduce((sum, p) => sum + (p.coded?.bytes ?? p.bytes), 0) };
   const report = (delta, fromCache) => {
@@ -171,9 +174,11 @@ export async function loadModel(parts, base, { signal, onProgress }) {
     const verified = []; // [url, bytes] of chunks that matched their sha256, cached once the decode is verified
     const container = await loadFile(part.coded.bytes, part.chunks ?? [], base,
       { cache, signal, report, store: (url, bytes) => { verified.push([url, bytes]); } });
+    const engine = await engineGraph;
+    const graph = (engine && part.engines?.[engine]) || null;
     let model;
     try {
-      model = await decodeContainer(container, part, (p) => onProgress({ phase: 'decode', ...p }));
+      model = await decodeContainer(container, graph || part, (p) => onProgress({ phase: 'decode', ...p }), graph?.graph ?? '');
     } catch (err) {
       await Promise.all((part.chunks ?? []).map((c) => cache?.delete(new URL(c.path, base).href).catch(() => {})));
       throw err;

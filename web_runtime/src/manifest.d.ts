@@ -77,6 +77,25 @@ export interface Variant {
   chunks?: Chunk[];
   stages?: Stage[];
   coded?: Coded;
+  engines?: Record<string, EngineGraph>;
+}
+
+/** The graph one engine runs for a variant instead of the variant's own, decoded from the same container. */
+export interface EngineGraph {
+  graph: string;
+  bytes: number;
+  sha256: string;
+  session_config: Record<string, string>;
+  webgpu_features: string[];
+  probe: Probe;
+}
+
+/** An engine graph's expected alpha on the probe input (common/probe.py, src/probe.js). */
+export interface Probe {
+  version: number;
+  cells: number;
+  expected: string;
+  tolerance: number;
 }
 
 /** The chunks of a coded variant hold a weight container of this format (quantize/ccw.py; src/ccw.js decodes it). */

@@ -18,6 +18,8 @@ import { wasmHeapBytes } from './engine.js';
  * @property {() => Promise<boolean>} warmUp One run on a blank input (a staged variant skips it, see below);
  *   whether it ran. Cuts that come meanwhile wait for it: two runs never share the session.
  * @property {() => void} idle Called when no cut is being answered: a staged runner creates the next cut's first session.
+ * @property {() => Promise<void>} [release] Frees the session (a single-graph runner; the worker drops a runner whose
+ *   engine failed its probe).
  */
 
 /**
@@ -42,6 +44,7 @@ function alphaOf(outputs, name) {
 
 /** @param {BundleManifest} manifest @param {EngineSession} session @returns {Runner} */
 function singleRunner(manifest, session, onProgress) {
+  let released = false;
   const { input_name: inputName, output_name: outputName } = manifest.output;
   const infer = async (input) => alphaOf(await session.run({ [inputName]: input }, [outputName]), outputName);
   /** @type {Promise<unknown> | null} the warm-up while it runs */
@@ -69,6 +72,9 @@ function singleRunner(manifest, session, onProgress) {
       return true;
     },
     idle() {},
+    async release() {
+      if (!released) { released = true; await session.release(); }
+    },
   };
 }
 

@@ -13,6 +13,7 @@ import { loadManifest, loadModel, loadModuleGraph, runtimeFiles } from './loader
 import { createRunner } from './runners.js';
 import { DEFAULT_MAX_PIXELS } from './compose.js';
 import { cut } from './cut.js';
+import { probeDifference, probeInput } from './probe.js';
 import { keepManifest } from './store.js';
 import { VERSION } from './version.js';
 
@@ -80,28 +81,67 @@ async function init({ manifestUrl, baseUrl, variant, backend, maxPixels, numThre
   }
   const base = baseUrl || new URL('.', url).href;
   const file = runtimeFiles(manifest, base, signal);
-  const parts = entry.stages || [entry];
-  // onnxruntime, the model and the offline copies of this worker's modules load side by side
-  const [engine, files] = await Promise.all([
-    createOrtEngine({ manifest, variant: entry, file, backend, numThreads }),
-    loadModel(parts, base, { signal, onProgress: progress }),
-    loadModuleGraph(file, manifest.runtime.worker),
-  ]);
-  const total = files.reduce((sum, f) => sum + f.length, 0);
-  progress({ phase: 'session', loaded: total, total });
-  const runner = await createRunner({ engine, manifest, parts, files, staged: !!entry.stages, onProgress: progress });
+  let loaded = await load({ manifest, entry, base, file, signal, backend, numThreads });
+  let fallbackReason = loaded.engine.fallbackReason;
+  if (loaded.graph && loaded.engine.backend !== loaded.graph) {
+    // the engine fell back to WASM while creating the session: WASM runs the variant's own graph
+    await loaded.runner.release?.();
+    loaded = await load({ manifest, entry, base, file, signal, backend: 'wasm', numThreads });
+  } else if (loaded.probe && !loaded.probe.passed) {
+    const rejected = loaded.probe;
+    fallbackReason = `WebGPU gave a wrong result on the probe input (mean abs difference ${rejected.difference.toFixed(4)} ` +
+      `from the expected alpha, more than the ${rejected.tolerance} allowed): running on WASM`;
+    await loaded.runner.release?.();
+    loaded = await load({ manifest, entry, base, file, signal, backend: 'wasm', numThreads });
+    loaded.probe = rejected;
+  }
+  const { engine, runner } = loaded;
   // Everything this manifest needs is verified and cached: it becomes the one to fall back on offline.
   await file.stored();
   if (!offline) await keepManifest(url, text, manifest, base);
   Object.assign(state, { manifest, runner, loading: null });
   return {
     result: {
-      variant: name, backend: engine.backend, fallbackReason: engine.fallbackReason, threads: engine.threads,
+      variant: name, backend: engine.backend, fallbackReason, threads: engine.threads,
       threadsReason: engine.threadsReason, crossOriginIsolated: self.crossOriginIsolated, offline,
       model: manifest.model, inputSize: manifest.preprocessing.input_size,
       stages: entry.stages ? entry.stages.map((s) => s.name) : null,
+      graph: loaded.graph ? `${name}:${loaded.graph}` : name,
+      probe: loaded.probe,
     },
   };
+}
+
+/**
+ * The engine, the model bytes of the graph it runs (the variant's, or the engine's own graph of it, from the same
+ * container) and a runner; on an engine that has a probe for its graph (WebGPU), the probe's verdict.
+ */
+async function load({ manifest, entry, base, file, signal, backend, numThreads }) {
+  const parts = entry.stages || [entry];
+  const created = createOrtEngine({ manifest, variant: entry, file, backend, numThreads });
+  const engineGraph = created.then((e) => (entry.engines?.[e.backend] ? e.backend : null), () => null);
+  // onnxruntime, the model and the offline copies of this worker's modules load side by side
+  const [engine, files, graph] = await Promise.all([
+    created,
+    loadModel(parts, base, { signal, onProgress: progress, engineGraph }),
+    engineGraph,
+    loadModuleGraph(file, manifest.runtime.worker),
+  ]);
+  const own = graph ? entry.engines[graph] : null;
+  const runParts = own ? [{ ...entry, ...own }] : parts;
+  const total = files.reduce((sum, f) => sum + f.length, 0);
+  progress({ phase: 'session', loaded: total, total });
+  const runner = await createRunner({ engine, manifest, parts: runParts, files, staged: !!entry.stages, onProgress: progress });
+  let probe = null;
+  if (own?.probe && engine.backend === graph) {
+    const { input_size: size, mean, std } = manifest.preprocessing;
+    progress({ phase: 'probe', loaded: 0, total: 1 });
+    const { alpha } = await runner.run(probeInput(size, mean, std));
+    const difference = probeDifference(alpha, size, own.probe);
+    probe = { engine: graph, difference, tolerance: own.probe.tolerance, passed: difference <= own.probe.tolerance };
+    progress({ phase: 'probe', loaded: 1, total: 1 });
+  }
+  return { engine, runner, graph, probe };
 }
 
 post({ type: 'ready', version: VERSION });
