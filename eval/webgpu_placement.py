@@ -21,19 +21,24 @@ TYPES = {"mjs": "text/javascript", "wasm": "application/wasm", "html": "text/htm
 ENGINE = f"onnxruntime-web {WASM_ENGINE_VERSION} webgpu, Chromium software adapter"
 
 _PAGE = """<!doctype html><script type="module">
-import * as ort from './ort/ort.webgpu.min.mjs';
+// the WASM heap onnxruntime grows for a session (what `cutter.memory()` reports): its memories, recorded
+const memories = [];
+const NativeMemory = WebAssembly.Memory;
+WebAssembly.Memory = function (descriptor) { const m = new NativeMemory(descriptor); memories.push(m); return m; };
+WebAssembly.Memory.prototype = NativeMemory.prototype;
+const ort = await import('./ort/ort.webgpu.min.mjs');
 ort.env.wasm.numThreads = 1;
 ort.env.logLevel = 'error';
-window.ort = ort;
-window.placement = async (url, config) => {
+window.placement = async (url, config, backend) => {
   const adapter = navigator.gpu && await navigator.gpu.requestAdapter();
-  if (!adapter) return { error: 'no WebGPU adapter (Chromium without --enable-unsafe-webgpu?)' };
+  if (backend === 'webgpu' && !adapter) return { error: 'no WebGPU adapter (Chromium without --enable-unsafe-webgpu?)' };
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  const extra = backend === 'webgpu' ? { ...config, 'session.disable_cpu_ep_fallback': '1' } : { ...config };
   try {
-    const session = await ort.InferenceSession.create(bytes, { executionProviders: ['webgpu'],
-      graphOptimizationLevel: 'all', extra: { ...config, 'session.disable_cpu_ep_fallback': '1' } });
+    const session = await ort.InferenceSession.create(bytes, { executionProviders: [backend], graphOptimizationLevel: 'all', extra });
+    const heap = memories.reduce((sum, m) => sum + m.buffer.byteLength, 0);
     await session.release();
-    return { ok: true };
+    return { ok: true, heap };
   } catch (err) {
     return { ok: false, message: String(err?.message ?? err) };
   }
@@ -56,8 +61,10 @@ def placement_available() -> str | None:
     return None
 
 
-def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900) -> list[dict]:
-    """For each (graph, session config): ``{"all_on_webgpu": bool, "message": onnxruntime's error or None}``."""
+def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900, backend: str = "webgpu") -> list[dict]:
+    """For each (graph, session config): ``{"all_on_webgpu": bool, "message": onnxruntime's error or None,
+    "wasm_heap_bytes": the WASM heap with the session created}`` — each graph in a fresh page, so the heap is its
+    own. ``backend="wasm"``: the same session on the WASM engine (for comparing heaps; ``all_on_webgpu`` False)."""
     from playwright.sync_api import sync_playwright
 
     from web_runtime.chromium import WEBGPU_ARGS, launch
@@ -81,21 +88,26 @@ def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900)
     with sync_playwright() as p:
         browser = launch(p, WEBGPU_ARGS)
         try:
-            page = browser.new_page()
-            page.set_default_timeout(timeout_s * 1000)
-            page.route(f"{ORIGIN}/**", handle)
-            page.goto(f"{ORIGIN}/")
-            page.wait_for_function("window.ready === true")
             for i, (_, config) in enumerate(graphs):
-                answer = page.evaluate("([url, config]) => placement(url, config)", [f"/graph{i}.onnx", dict(config)])
+                page = browser.new_page()
+                page.set_default_timeout(timeout_s * 1000)
+                page.route(f"{ORIGIN}/**", handle)
+                page.goto(f"{ORIGIN}/")
+                page.wait_for_function("window.ready === true")
+                answer = page.evaluate("([url, config, backend]) => placement(url, config, backend)",
+                                       [f"/graph{i}.onnx", dict(config), backend])
+                page.close()
                 if "error" in answer:
                     raise RuntimeError(f"the WebGPU placement check cannot run: {answer['error']}")
-                results.append({"all_on_webgpu": bool(answer["ok"]), "message": answer.get("message")})
+                results.append({"all_on_webgpu": bool(answer["ok"]) and backend == "webgpu",
+                                 "message": answer.get("message"), "wasm_heap_bytes": answer.get("heap")})
         finally:
             browser.close()
     return results
 
 
-if __name__ == "__main__":  # python -m eval.webgpu_placement GRAPH.onnx ['{"session.disable_quant_qdq": "1"}']
+if __name__ == "__main__":  # python -m eval.webgpu_placement GRAPH.onnx ['{"session.disable_quant_qdq": "1"}' [wasm]]
     import sys
-    print(json.dumps(check_placement([(Path(sys.argv[1]), json.loads(sys.argv[2]) if len(sys.argv) > 2 else {})]), indent=2))
+    config = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    print(json.dumps(check_placement([(Path(sys.argv[1]), config)], backend=sys.argv[3] if len(sys.argv) > 3 else "webgpu"),
+                     indent=2))

@@ -175,14 +175,15 @@ def _checked_graph(build_dir: Path, entry: dict, manifest_path: Path) -> tuple[P
     return onnx_path, load_graph(onnx_path)
 
 
-def _container(build_dir: Path, build: dict, name: str, entry: dict) -> Path | None:
+def _container(build_dir: Path, build: dict, name: str, entry: dict, engines: bool) -> Path | None:
     """The `.ccw` container the build recorded for variant `name`, checked: its file's sha256 is the recorded
-    one and it decodes (by its header) to the variant's ONNX sha256 and length. None for a plain variant. When
-    the variant's engine graphs passed their gate, the container that carries them too."""
+    one and it decodes (by its header) to the variant's ONNX sha256 and length. None for a plain variant. With
+    ``engines`` (the bundle ships WebGPU) and engine graphs that passed their gate: the container that carries
+    them too."""
     info = ((build.get("stages") or {}).get(f"variant:{name}", {}).get("result") or {}).get("container")
     if not info:
         return None
-    if _shipped_engines(entry) and entry.get("engines_container"):
+    if engines and _shipped_engines(entry) and entry.get("engines_container"):
         info = entry["engines_container"]
     path = build_dir / info["path"]
     if not path.is_file() or sha256_file(path) != info["sha256"]:
@@ -259,7 +260,7 @@ def build_bundle(build_dir: Path, out_dir: Path, variants: list[str] | None = No
                 }
                 continue
             onnx_path, graph = _checked_graph(build_dir, entry, manifest_path)
-            container = _container(build_dir, build, name, entry) if coded else None
+            container = _container(build_dir, build, name, entry, "webgpu" in backends) if coded else None
             shipped = container or onnx_path
             engines = _engine_entries(build_dir, entry, container) if "webgpu" in backends else {}
             out_variants[name] = {
