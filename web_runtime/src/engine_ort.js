@@ -36,6 +36,9 @@ export async function createOrtEngine({ manifest, variant, file, backend, numThr
   ort.env.wasm.wasmPaths = { mjs: moduleUrl(mjs) };
   ort.env.wasm.wasmBinary = wasm;
   ort.env.wasm.proxy = false;
+  // onnxruntime's warnings (e.g. "Removing initializer … not used") reach the console at error level, where
+  // pages' error trackers would report them on every visit: only its errors are logged
+  ort.env.logLevel = 'error';
   const threading = wasmThreads(numThreads);
   ort.env.wasm.numThreads = threading.threads;
 
@@ -54,7 +57,8 @@ export async function createOrtEngine({ manifest, variant, file, backend, numThr
     },
     async createSession(bytes, { config } = {}) {
       // `extra`: the manifest's session config entries (e.g. session.disable_quant_qdq for int8w)
-      const options = () => ({ graphOptimizationLevel: 'all', extra: { ...(config || {}) }, executionProviders: [engine.backend] });
+      const options = () => ({ graphOptimizationLevel: 'all', extra: { ...(config || {}) }, executionProviders: [engine.backend],
+        logSeverityLevel: 3 });
       let session;
       try {
         session = await ort.InferenceSession.create(bytes, options());
