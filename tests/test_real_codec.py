@@ -79,3 +79,18 @@ def test_the_coded_graph_cuts_like_fp32(real_coded):
     # codec or decode lands far off
     assert iou_at(alphas["int8p3"], alphas["fp32"]) >= 0.9
     assert np.abs(alphas["int8p3"] - alphas["fp32"]).mean() <= 0.05
+
+
+def test_the_webgpu_graph_runs_wholly_on_the_gpu_and_sits_closer_to_fp32(real_coded):
+    """The real model's WebGPU graph of the coded variant (same int8 weights, float activations): Chromium's WebGPU
+    engine places every node on the GPU (a session with CPU fallback disabled), the container carries it beside
+    the WASM graph, and with float activations it is nearer the torch reference than the int8 graph."""
+    build, data = real_coded
+    engine = data["variants"]["int8p3"]["engines"]["webgpu"]
+    assert engine["placement"]["all_on_webgpu"], engine["placement"]
+    assert engine["passed"] and engine["session_config"] == {"session.disable_quant_qdq": "1"}
+    container = (build / data["variants"]["int8p3"]["engines_container"]["path"]).read_bytes()
+    assert hashlib.sha256(ccw.decode(container, "webgpu")).hexdigest() == engine["sha256"]
+    assert hashlib.sha256(ccw.decode(container)).hexdigest() == data["variants"]["int8p3"]["sha256"]
+    assert engine["parity"]["mean_abs"] < data["variants"]["int8p3"]["parity"]["mean_abs"], (engine["parity"],
+                                                                                            data["variants"]["int8p3"]["parity"])
