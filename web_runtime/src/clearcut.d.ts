@@ -135,6 +135,12 @@ export interface CutterInfo {
   inputSize: [number, number];
   /** Names of the graphs a staged variant runs in sequence, one session at a time; `null`: one graph. */
   stages: string[] | null;
+  /** The graph the engine runs: the variant's name, or `<variant>:<engine>` for an engine's own graph of it
+   * (e.g. `int8p2_68:webgpu`, decoded from the same download). */
+  graph: string;
+  /** The check of an engine's result on the probe input before it was trusted (WebGPU), or `null` when none ran.
+   * `passed: false` comes with `backend: 'wasm'` and the numbers in `fallbackReason`. */
+  probe: { engine: string; difference: number; tolerance: number; passed: boolean } | null;
 }
 
 export type CutInput = Blob | File | ImageBitmap | ImageData | HTMLImageElement | HTMLCanvasElement
@@ -142,14 +148,14 @@ export type CutInput = Blob | File | ImageBitmap | ImageData | HTMLImageElement 
 
 export interface Cutter {
   readonly info: CutterInfo;
-  cut(input: CutInput, options?: CutOptions & { format: 'raw' }): Promise<ImageData>;
+  cut(input: CutInput, options: CutOptions & { format: 'raw' }): Promise<ImageData>;
   cut(input: CutInput, options?: CutOptions): Promise<Blob>;
   /**
    * Cut inputs one at a time through this cutter (memory stays that of one cut), yielding each result as it
    * is ready, in order. An input that fails is yielded with `ok: false` and its error, and the batch goes
    * on; only a cutter that cannot cut any more (code `state`: disposed, `worker`: its worker died) throws.
    */
-  cutMany(inputs: Iterable<CutInput> | AsyncIterable<CutInput>, options?: CutManyOptions & { format: 'raw' }): AsyncGenerator<CutManyResult<ImageData>, void>;
+  cutMany(inputs: Iterable<CutInput> | AsyncIterable<CutInput>, options: CutManyOptions & { format: 'raw' }): AsyncGenerator<CutManyResult<ImageData>, void>;
   cutMany(inputs: Iterable<CutInput> | AsyncIterable<CutInput>, options?: CutManyOptions): AsyncGenerator<CutManyResult<Blob>, void>;
   /** Bytes of the worker's wasm memory (onnxruntime heap). */
   memory(): Promise<number>;
