@@ -75,6 +75,8 @@ def test_manifest_url_that_is_not_json(harness):
     assert f"{harness.base_url}/harness.html" in result["message"], "the message names the URL"
     assert "not a ClearCut bundle manifest" in result["message"] and "not JSON" in result["message"], result
     assert "JSON.parse" not in result["message"] and "Unexpected token" not in result["message"], result
+    # an HTML page came back (what Vite's dev server sends for a path it does not have): the message says what to pass
+    assert "pass baseUrl" in result["message"], result
 
 
 @pytest.mark.parametrize("case", ["wrong schema", "no schema", "missing fields", "unknown weight coding"])

@@ -88,7 +88,13 @@ export async function loadManifest(url, signal) {
     manifest = JSON.parse(text);
   } catch {
     const start = JSON.stringify(text.trimStart().slice(0, 40));
-    throw notAManifest(url, `it is not JSON (${type}, starting ${start})`);
+    // an app's dev server (Vite, webpack) or a single-page app's fallback answers unknown paths with its page
+    const html = /html/i.test(type) || /^"<(!doctype|html)/i.test(start);
+    throw notAManifest(url, `it is not JSON (${type}, starting ${start})` + (html
+      ? '; a web page came back, as an app\'s dev server or single-page fallback sends for a path it does not ' +
+        'have: if clearcut.js was bundled into your app, pass baseUrl (the folder where the ClearCut bundle is ' +
+        'served: manifest.json, worker.js, ort-*/)'
+      : ''));
   }
   checkManifest(manifest, url);
   return { manifest, text, offline: false };
