@@ -139,9 +139,19 @@ export function compose(rgba, mask, width, height, output, colour) {
   return new ImageData(out, width, height);
 }
 
-/** @param {ImageData} image @param {'png' | 'webp' | 'jpeg'} format @param {number} [quality] */
-export function encode(image, format, quality) {
+/**
+ * The image in the asked format. A canvas that cannot encode a type silently gives PNG instead (WebKit has no
+ * WebP encoder): that is refused with `unsupported-format`, never returned as the asked format.
+ * @param {ImageData} image @param {'png' | 'webp' | 'jpeg'} format @param {number} [quality]
+ */
+export async function encode(image, format, quality) {
   const canvas = new OffscreenCanvas(image.width, image.height);
   canvas.getContext('2d').putImageData(image, 0, 0);
-  return canvas.convertToBlob({ type: `image/${format}`, quality: quality ?? 0.92 });
+  const type = `image/${format}`;
+  const blob = await canvas.convertToBlob({ type, quality: quality ?? 0.92 });
+  if (blob.type !== type) {
+    throw new ClearCutError('unsupported-format', `This browser cannot encode ${format.toUpperCase()} (its canvas ` +
+      `gave ${blob.type || 'an untyped blob'}; WebKit/Safari has no WebP encoder): ask for format 'png' or 'jpeg' here.`);
+  }
+  return blob;
 }
