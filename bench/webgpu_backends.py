@@ -1,0 +1,51 @@
+"""What each engine runs, measured: every graph of a build in Chromium's WebGPU engine with CPU fallback disabled
+(does every node run on the GPU?) and the WASM heap a session of it takes on WebGPU and on WASM (what
+`cutter.memory()` reports). Headless Chromium on the software adapter: placement and memory, no timings.
+
+    .venv/bin/python -m bench.webgpu_backends [--build build/isnet-imgly]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from common.onnx_graph import runtime_session_config
+from eval.webgpu_placement import check_placement
+
+MB = 1e6
+
+
+def graphs_of(build: Path) -> list[tuple[str, Path]]:
+    """(label, file) of every variant's graph and every engine graph of the build."""
+    manifest = json.loads((build / "manifest.json").read_text())
+    out = []
+    for name, entry in manifest["variants"].items():
+        out.append((name, build / entry["path"]))
+        for engine, graph in (entry.get("engines") or {}).items():
+            out.append((f"{name}:{engine}", build / graph["path"]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--build", type=Path, default=Path("build/isnet-imgly"))
+    args = parser.parse_args(argv)
+    graphs = graphs_of(args.build)
+    jobs = [(path, runtime_session_config(path)) for _, path in graphs]
+    gpu = check_placement(jobs)
+    cpu = check_placement(jobs, backend="wasm")
+    print(f"{'graph':<22} {'MB':>7} {'all nodes on WebGPU':<22} {'heap WebGPU MB':>15} {'heap WASM MB':>13}  note")
+    for (label, path), g, c in zip(graphs, gpu, cpu):
+        message = g["message"] or ""
+        note = ("" if g["all_on_webgpu"] else "session refused: nodes assigned to the CPU" if "CPU EP" in message
+                else message[-110:])
+        heap_gpu = f"{g['wasm_heap_bytes'] / MB:.0f}" if g.get("wasm_heap_bytes") else "-"
+        heap_cpu = f"{c['wasm_heap_bytes'] / MB:.0f}" if c.get("wasm_heap_bytes") else "-"
+        print(f"{label:<22} {path.stat().st_size / MB:7.1f} {'yes' if g['all_on_webgpu'] else 'no':<22} "
+              f"{heap_gpu:>15} {heap_cpu:>13}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
