@@ -27,10 +27,13 @@ $(VENV)/.setup-stamp: pyproject.toml
 	@touch $@
 
 # Debian packages for the browser tests: Chromium (never `playwright install`) and nginx as the CDN stand-in.
+# Browsers of the test matrix: Chromium, Firefox ESR (driven over WebDriver BiDi) and WebKitGTK (its WebDriver under xvfb).
 setup-system:
-	@if ! command -v chromium >/dev/null || ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null; then \
+	@if ! command -v chromium >/dev/null || ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null \
+	    || ! command -v firefox-esr >/dev/null || ! command -v WebKitWebDriver >/dev/null || ! command -v xvfb-run >/dev/null; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium nginx-light; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium nginx-light \
+	    firefox-esr webkit2gtk-driver xvfb; \
 	fi
 
 # npm packages of the browser runtime (lockfile committed): onnxruntime-web and fflate (the demo's zip writer),
