@@ -30,6 +30,7 @@ from models.architectures import build_model
 from models.checkpoint import load_into, load_model
 from models.registry import CODED_VARIANTS, ModelConfig, Preprocessing
 from models.weights import pull
+from quantize.engine_graphs import ENGINE_SESSION_CONFIG
 from quantize.recipes import ALL_VARIANTS, BASE_VARIANT, ENGINE_GRAPHS, Calibration, get_recipe
 
 # An imported model must reproduce its source graph this closely on real photos.
@@ -299,12 +300,13 @@ def placement_step(build: Build) -> Step:
     paths = {g: build.path(g) for g in graphs}
 
     def run() -> dict:
-        found = _placement().check_placement([(paths[g], runtime_session_config(paths[g])) for g in graphs])
+        found = _placement().check_placement([(paths[g], ENGINE_SESSION_CONFIG["webgpu"]) for g in graphs])
         for g, result in zip(graphs, found):
             build.log(f"  {g}: {'every node on WebGPU' if result['all_on_webgpu'] else 'NOT all on WebGPU: ' + str(result['message'])}")
         return dict(zip(graphs, found))
 
-    return Step("webgpu_placement", paths, {"engine": _placement().ENGINE}, {}, run)
+    return Step("webgpu_placement", paths, {"engine": _placement().ENGINE, "session_config": ENGINE_SESSION_CONFIG["webgpu"]},
+                {}, run)
 
 
 def container_step(build: Build, variant: str) -> Step:
@@ -556,7 +558,7 @@ def describe_variant(build: Build, variant: str, parity: dict, previous: dict, r
         for engine, graph in build.engine_graphs[variant].items():
             numbers, path = parity["engines"][engine], build.path(graph)
             info["engines"][engine] = {
-                **describe_file(path), "graph": engine, "session_config": runtime_session_config(path),
+                **describe_file(path), "graph": engine, "session_config": ENGINE_SESSION_CONFIG[engine],
                 "parity": {k: numbers.get(k) for k in SUMMARY_FIELDS}, "passed": numbers["passed"],
                 "failures": numbers["failures"], "placement": numbers["placement"],
                 "probe": probe_record(np.load(build.probe_path(graph)), tolerance)}

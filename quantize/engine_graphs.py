@@ -5,8 +5,9 @@ onnxruntime-web's WebGPU engine has no QuantizeLinear kernel: an int8 QDQ graph 
 there with every QuantizeLinear on the CPU and each quantized activation copied GPU → CPU → GPU. Its WebGPU
 graph keeps the int8 weights and their DequantizeLinear nodes (byte for byte the same initializers, so a coded
 container can carry both graphs on one set of coded weights) and drops the activations' QuantizeLinear →
-DequantizeLinear pairs: float activations, and with ``session.disable_quant_qdq`` the session folds the weights'
-dequantization into float weights at load, so every node is a float node the GPU runs.
+DequantizeLinear pairs: float activations, every node one the GPU runs (DequantizeLinear of the int8 weights
+included); the CPU and WASM engines fold those into float weights at load (``session.disable_quant_qdq``), which
+the native gate does, with the same numbers.
 
 onnxruntime's QDQ quantizer drops a Relu that precedes a QuantizeLinear whose range starts at 0 (its zero point
 is the type's lowest value, so the rounding clamps negatives to 0 anyway): U²-Net's and IS-Net's conv blocks
@@ -22,6 +23,13 @@ import onnx
 from onnx import helper, numpy_helper
 
 from common.files import atomic_write_bytes
+
+# Session settings per engine graph. WebGPU: none. Folding the weights' DequantizeLinear at load
+# (session.disable_quant_qdq, which the CPU and WASM engines want for speed) would keep an fp32 copy of every
+# weight in the WASM heap beside the GPU's: measured on IS-Net's WebGPU graph in Chromium, a 282 MB heap folded
+# against 113 MB not (the WASM engine's int8 session: 136 MB). Unfolded, the GPU dequantizes the int8 weights
+# each run; every node still runs on the GPU (eval/webgpu_placement.py checks with this setting).
+ENGINE_SESSION_CONFIG: dict[str, dict[str, str]] = {"webgpu": {}}
 
 _LOWEST = {onnx.TensorProto.UINT8: 0, onnx.TensorProto.INT8: -128, onnx.TensorProto.UINT16: 0,
            onnx.TensorProto.INT16: -32768}
