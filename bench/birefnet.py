@@ -237,7 +237,7 @@ def browser_run(out: Path, config_name: str, size: int, variants: list[str], thr
     from eval.images import sample_photos
     from models.registry import get_model_config
     from common.files import sha256_file
-    from web_runtime.chromium import launch
+    from common.chromium import launch
     from export.pipeline import model_info, output_info
     from web_runtime.build_bundle import build_bundle
     from web_runtime.serve import NginxServer

@@ -19,7 +19,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from quantize import ccw
-from web_runtime.chromium import launch
+from common.chromium import launch
 from web_runtime.serve import NginxServer
 
 SRC = Path(__file__).resolve().parents[1] / "web_runtime" / "src"

@@ -14,7 +14,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from web_runtime.chromium import launch
+from common.chromium import launch
 from web_runtime.serve import NginxServer
 
 # Each row lives in its own page (own browser context: a cold cache) and stays loaded; warm cuts then go

@@ -49,7 +49,7 @@ window.ready = true;
 
 def placement_available() -> str | None:
     """None when the check can run here, else why not."""
-    from web_runtime.chromium import CHROMIUM
+    from common.chromium import CHROMIUM
     if not CHROMIUM.exists():
         return f"{CHROMIUM} is missing (run `make setup-system`)"
     if WASM_ENGINE_VERSION is None:
@@ -67,7 +67,7 @@ def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900,
     own. ``backend="wasm"``: the same session on the WASM engine (for comparing heaps; ``all_on_webgpu`` False)."""
     from playwright.sync_api import sync_playwright
 
-    from web_runtime.chromium import WEBGPU_ARGS, launch
+    from common.chromium import WEBGPU_ARGS, launch
 
     reason = placement_available()
     if reason:

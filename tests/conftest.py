@@ -124,7 +124,7 @@ def playwright_instance():
 
 @pytest.fixture(scope="session")
 def browser(playwright_instance):
-    from web_runtime.chromium import launch
+    from common.chromium import launch
 
     browser = launch(playwright_instance)
     yield browser

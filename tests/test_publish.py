@@ -370,7 +370,7 @@ def test_clear_errors(bundle, weed, env, tmp_path, capsys):
 def test_chromium_runs_the_published_bundle_from_the_bucket(bundle, weed, env, request):
     """The objects are stored brotli-compressed: Chromium decodes them in its HTTP layer (over plain http on
     127.0.0.1 too), the runtime's sha256 checks pass and a photo is cut."""
-    from web_runtime.chromium import CHROMIUM
+    from common.chromium import CHROMIUM
 
     if not CHROMIUM.exists():
         pytest.skip("Chromium is not installed (run `make setup-system`)")

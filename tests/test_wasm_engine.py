@@ -107,7 +107,7 @@ CHROMIUM_RUN_JS = """async ([b64, dims, inputName, outputName, threads]) => {
 def int8_site(coded_build, tmp_path_factory):
     """The int8 variant's bundle at /b/ (its ONNX beside it as model.onnx), served by the tests' nginx."""
     from web_runtime.build_bundle import build_bundle
-    from web_runtime.chromium import CHROMIUM
+    from common.chromium import CHROMIUM
     from web_runtime.serve import NginxServer, find_nginx
 
     if not CHROMIUM.exists() or find_nginx() is None:

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from web_runtime.build_bundle import ORT_PACKAGE, build_bundle  # noqa: E402
-from web_runtime.chromium import CHROMIUM  # noqa: E402
+from common.chromium import CHROMIUM  # noqa: E402
 from web_runtime.serve import NginxServer, find_nginx  # noqa: E402
 
 REAL_BUILD = REPO / "build" / "isnet-imgly"

@@ -37,7 +37,7 @@ def matrix_url(web_root, server) -> str:
 
 
 def _chromium(url: str, playwright_instance) -> dict:
-    from web_runtime.chromium import launch
+    from common.chromium import launch
     browser = launch(playwright_instance)
     try:
         page = browser.new_page()

@@ -8,7 +8,7 @@ import pytest
 
 from eval.images import load_rgb, sample_photos
 
-from web_runtime.chromium import WEBGPU_ARGS, launch
+from common.chromium import WEBGPU_ARGS, launch
 
 from .conftest import Harness, python_alpha
 

@@ -16,7 +16,7 @@ from common.probe import probe_difference, probe_input
 from eval.images import load_rgb, sample_photos
 from quantize import ccw
 from web_runtime.build_bundle import build_bundle
-from web_runtime.chromium import WEBGPU_ARGS, launch
+from common.chromium import WEBGPU_ARGS, launch
 
 from .conftest import REAL_BUILD, Harness, python_alpha, real_manifest
 

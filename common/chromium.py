@@ -1,4 +1,5 @@
-"""Debian's Chromium as the tests and benchmarks launch it (Playwright, never `playwright install`)."""
+"""Debian's Chromium as the tests, benchmarks and the export's WebGPU placement check launch it (Playwright, never
+`playwright install`)."""
 from __future__ import annotations
 
 from pathlib import Path
