@@ -10,11 +10,14 @@ request routing from a made-up origin (no server, no network).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Sequence
 
 from eval.wasm_engine import ORT_WEB_PACKAGE, WASM_ENGINE_VERSION
 
+REPO = Path(__file__).resolve().parents[1]
 ORIGIN = "https://placement.clearcut.invalid"
 ORT_FILES = ("ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
 TYPES = {"mjs": "text/javascript", "wasm": "application/wasm", "html": "text/html", "onnx": "application/octet-stream"}
@@ -64,14 +67,28 @@ def placement_available() -> str | None:
 def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900, backend: str = "webgpu") -> list[dict]:
     """For each (graph, session config): ``{"all_on_webgpu": bool, "message": onnxruntime's error or None,
     "wasm_heap_bytes": the WASM heap with the session created}`` — each graph in a fresh page, so the heap is its
-    own. ``backend="wasm"``: the same session on the WASM engine (for comparing heaps; ``all_on_webgpu`` False)."""
+    own. ``backend="wasm"``: the same session on the WASM engine (for comparing heaps; ``all_on_webgpu`` False).
+
+    Runs in a child process: Playwright's sync API cannot start inside a process that already drives a browser
+    with it (the test suite), and a browser that runs out of memory takes only the child down."""
+    reason = placement_available()
+    if reason:
+        raise RuntimeError(f"the WebGPU placement check cannot run: {reason}")
+    job = {"graphs": [[str(Path(g).resolve()), dict(c)] for g, c in graphs], "timeout_s": timeout_s, "backend": backend}
+    done = subprocess.run([sys.executable, "-m", "eval.webgpu_placement", "--job", json.dumps(job)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout_s * max(1, len(graphs)) + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"the WebGPU placement check failed: {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _check_here(graphs: Sequence[tuple[Path, dict]], timeout_s: float, backend: str) -> list[dict]:
+    """check_placement's work, in this process."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     from common.chromium import WEBGPU_ARGS, launch
 
-    reason = placement_available()
-    if reason:
-        raise RuntimeError(f"the WebGPU placement check cannot run: {reason}")
     served = {f"/ort/{f}": ORT_WEB_PACKAGE / "dist" / f for f in ORT_FILES}
     served.update({f"/graph{i}.onnx": Path(path) for i, (path, _) in enumerate(graphs)})
 
@@ -92,22 +109,33 @@ def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900,
                 page = browser.new_page()
                 page.set_default_timeout(timeout_s * 1000)
                 page.route(f"{ORIGIN}/**", handle)
-                page.goto(f"{ORIGIN}/")
-                page.wait_for_function("window.ready === true")
-                answer = page.evaluate("([url, config, backend]) => placement(url, config, backend)",
-                                       [f"/graph{i}.onnx", dict(config), backend])
-                page.close()
+                try:
+                    page.goto(f"{ORIGIN}/")
+                    page.wait_for_function("window.ready === true")
+                    answer = page.evaluate("([url, config, backend]) => placement(url, config, backend)",
+                                           [f"/graph{i}.onnx", dict(config), backend])
+                except PlaywrightError as err:  # the page crashed (e.g. out of memory): this graph fails, not the check
+                    answer = {"ok": False, "message": f"the page crashed creating the session ({str(err).splitlines()[0]})"}
+                    browser.close()
+                    browser = launch(p, WEBGPU_ARGS)
+                else:
+                    page.close()
                 if "error" in answer:
                     raise RuntimeError(f"the WebGPU placement check cannot run: {answer['error']}")
                 results.append({"all_on_webgpu": bool(answer["ok"]) and backend == "webgpu",
-                                 "message": answer.get("message"), "wasm_heap_bytes": answer.get("heap")})
+                                "message": answer.get("message"), "wasm_heap_bytes": answer.get("heap")})
         finally:
             browser.close()
     return results
 
-
-if __name__ == "__main__":  # python -m eval.webgpu_placement GRAPH.onnx ['{"session.disable_quant_qdq": "1"}' [wasm]]
-    import sys
-    config = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-    print(json.dumps(check_placement([(Path(sys.argv[1]), config)], backend=sys.argv[3] if len(sys.argv) > 3 else "webgpu"),
-                     indent=2))
+if __name__ == "__main__":
+    # python -m eval.webgpu_placement GRAPH.onnx ['{"session.disable_quant_qdq": "1"}' [wasm]]  (prints the result)
+    # python -m eval.webgpu_placement --job JSON   (check_placement's child: the result as one JSON line)
+    if sys.argv[1] == "--job":
+        job = json.loads(sys.argv[2])
+        found = _check_here([(Path(g), c) for g, c in job["graphs"]], job["timeout_s"], job["backend"])
+        print(json.dumps(found))
+    else:
+        config = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+        print(json.dumps(check_placement([(Path(sys.argv[1]), config)], backend=sys.argv[3] if len(sys.argv) > 3 else "webgpu"),
+                         indent=2))

@@ -126,3 +126,15 @@ def test_the_real_models_webgpu_graphs_run_every_node_on_the_gpu():
         pytest.skip("build/isnet-imgly has no WebGPU graphs (run `make export`)")
     results = check_placement([(REAL_BUILD / g["path"], g["session_config"]) for g in graphs])
     assert all(r["all_on_webgpu"] for r in results), results
+
+
+def test_the_placement_check_tells_both_graphs_apart_beside_a_running_browser(gpu, coded_build):
+    """The export's check (a child process: Playwright cannot start a second time in this one, which drives `gpu`):
+    the WebGPU graph runs every node on the GPU, the int8 QDQ graph of the same variant does not."""
+    from eval.webgpu_placement import check_placement
+
+    build_dir, data = coded_build[0], coded_build[1]
+    entry = data["variants"][VARIANT]
+    webgpu, qdq = check_placement([(build_dir / entry["engines"]["webgpu"]["path"], {}), (build_dir / entry["path"], {})])
+    assert webgpu["all_on_webgpu"] and webgpu["wasm_heap_bytes"] > 0, webgpu
+    assert not qdq["all_on_webgpu"] and "CPU" in qdq["message"], qdq
