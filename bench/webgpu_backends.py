@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.onnx_graph import runtime_session_config
 from eval.webgpu_placement import check_placement
+from quantize.engine_graphs import ENGINE_SESSION_CONFIG
 
 MB = 1e6
 
@@ -30,20 +31,21 @@ def graphs_of(build: Path) -> list[tuple[str, Path]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build", type=Path, default=Path("build/isnet-imgly"))
+    parser.add_argument("--timeout", type=float, default=600, help="seconds per session")
     args = parser.parse_args(argv)
     graphs = graphs_of(args.build)
-    jobs = [(path, runtime_session_config(path)) for _, path in graphs]
-    gpu = check_placement(jobs)
-    cpu = check_placement(jobs, backend="wasm")
-    print(f"{'graph':<22} {'MB':>7} {'all nodes on WebGPU':<22} {'heap WebGPU MB':>15} {'heap WASM MB':>13}  note")
-    for (label, path), g, c in zip(graphs, gpu, cpu):
+    print(f"{'graph':<22} {'MB':>7} {'all nodes on WebGPU':<20} {'heap WebGPU MB':>15} {'heap WASM MB':>13}  note", flush=True)
+    for label, path in graphs:  # one graph at a time, printed as it is measured (a session takes minutes here)
+        config = ENGINE_SESSION_CONFIG["webgpu"] if ":" in label else runtime_session_config(path)
+        g = check_placement([(path, config)], timeout_s=args.timeout)[0]
+        c = check_placement([(path, runtime_session_config(path))], timeout_s=args.timeout, backend="wasm")[0]
         message = g["message"] or ""
         note = ("" if g["all_on_webgpu"] else "session refused: nodes assigned to the CPU" if "CPU EP" in message
                 else message[-110:])
         heap_gpu = f"{g['wasm_heap_bytes'] / MB:.0f}" if g.get("wasm_heap_bytes") else "-"
         heap_cpu = f"{c['wasm_heap_bytes'] / MB:.0f}" if c.get("wasm_heap_bytes") else "-"
-        print(f"{label:<22} {path.stat().st_size / MB:7.1f} {'yes' if g['all_on_webgpu'] else 'no':<22} "
-              f"{heap_gpu:>15} {heap_cpu:>13}  {note}")
+        print(f"{label:<22} {path.stat().st_size / MB:7.1f} {'yes' if g['all_on_webgpu'] else 'no':<20} "
+              f"{heap_gpu:>15} {heap_cpu:>13}  {note}", flush=True)
     return 0
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,6 +89,24 @@ SINGLE_PNG_JS = """async (b64) => {
 }"""
 
 
+def _rows_open_their_results(page, names) -> None:
+    """The page as a user sees it after a batch: the before/after view is not an earlier photo's, a row's size
+    label does not sit on its progress bar, and a finished row opens its photo and cutout with a download link."""
+    assert page.get_attribute("#before", "src") is None and page.get_attribute("#after", "src") is None
+    assert page.is_hidden("#download")
+    row = page.locator("#batch-list li[data-status=done]").first
+    bar, note = row.locator("progress").bounding_box(), row.locator(".note").bounding_box()
+    assert bar["x"] + bar["width"] <= note["x"] + 0.5, (bar, note)
+    name = row.locator(".name").text_content().split("/")[-1]
+    row.click()
+    page.wait_for_function("document.getElementById('after').complete && document.getElementById('after').naturalWidth > 0")
+    assert row.get_attribute("aria-current") == "true"
+    assert page.get_attribute("#download", "download") == f"{name.rsplit('.', 1)[0]}.png" and page.is_visible("#download")
+    natural = page.evaluate("[document.getElementById('before').naturalWidth, document.getElementById('after').naturalWidth]")
+    assert natural[0] == natural[1] > 0, natural
+    page.screenshot(path=str(Path(tempfile.gettempdir()) / "clearcut-batch-page.png"), full_page=True)
+
+
 def test_batch_page_cuts_a_folder_into_one_zip(demo, photo_folder, harness):
     page, errors = demo
     root, names = photo_folder
@@ -105,6 +125,8 @@ def test_batch_page_cuts_a_folder_into_one_zip(demo, photo_folder, harness):
     assert failed["corrupt.jpg"].startswith("unsupported-format:"), failed
     assert "18 cut, 2 failed" in page.text_content("#batch-message")
     assert page.get_attribute("body", "data-state") == "ready"  # a failed photo is no page error
+
+    _rows_open_their_results(page, names)
 
     archive = _download_zip(page)
     expected = sorted(f"photos/{n.rsplit('.', 1)[0]}.png" for n in names)

@@ -99,8 +99,10 @@ export function zipStream() {
 export const outputName = (name, format) => name.replace(/\.[^./]*$/, '') + '.' + EXTENSIONS[format];
 
 /**
- * Run a batch and show it in `ui` ({list, progress, message}); resolves with the zip Blob (or null when nothing
- * was cut) and the counts. The zip keeps the photos' paths, with the format's extension.
+ * Run a batch and show it in `ui` ({list, progress, message, open}); resolves with the zip Blob (or null when nothing
+ * was cut) and the counts. The zip keeps the photos' paths, with the format's extension. A finished row opens its
+ * photo and cutout (`ui.open(file, cutout, name)`: the page's before/after view and its download link); the cutout
+ * Blob stays in the browser's blob storage, as the zip's parts do.
  * @param {{cutter: import('./clearcut').Cutter, files: {file: File, path: string}[],
  *          options: import('./clearcut').CutManyOptions, ui: Record<string, HTMLElement>, signal: AbortSignal}} batch
  */
@@ -120,10 +122,19 @@ export async function runBatch({ cutter, files, options, ui, signal }) {
   for await (const item of cutter.cutMany(files.map((f) => f.file), { ...options, signal, onProgress })) {
     const r = rows[item.index];
     if (item.ok) {
-      await zip.add(outputName(files[item.index].path, options.format || 'png'), item.result);
+      const name = outputName(files[item.index].path, options.format || 'png');
+      await zip.add(name, item.result);
       await thumbnail(r.canvas, item.result);
       r.note.textContent = `${(item.result.size / 1024).toFixed(0)} kB`;
       r.li.dataset.status = 'done';
+      const open = () => {
+        for (const other of rows) other.li.removeAttribute('aria-current');
+        r.li.setAttribute('aria-current', 'true');
+        ui.open?.(files[item.index].file, item.result, name.split('/').pop());
+      };
+      Object.assign(r.li, { tabIndex: 0, title: `Show ${files[item.index].path} and its cutout` });
+      r.li.onclick = open;
+      r.li.onkeydown = (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); open(); } };
       ok++;
     } else {
       r.note.textContent = item.error.message;

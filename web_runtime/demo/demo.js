@@ -61,6 +61,22 @@ async function render() {
   }
 }
 
+/** A batch row's photo and cutout in the before/after view with its download link (nulls: an empty view). */
+function showResult(file, cutout, name) {
+  for (const url of [beforeUrl, afterUrl]) if (url) URL.revokeObjectURL(url);
+  beforeUrl = file && URL.createObjectURL(file);
+  afterUrl = cutout && URL.createObjectURL(cutout);
+  current = null; // a change of background or format re-cuts a single photo, not a batch row
+  if (beforeUrl) $('before').src = beforeUrl; else $('before').removeAttribute('src');
+  if (afterUrl) $('after').src = afterUrl; else $('after').removeAttribute('src');
+  $('download').hidden = !cutout;
+  if (cutout) {
+    $('download').href = afterUrl;
+    $('download').download = name;
+    $('download').textContent = `Download ${name}`;
+  }
+}
+
 /** One image: the before/after view. Several, or a folder: the batch. @param {{file: File, path: string}[]} files */
 function take(files, folder) {
   const images = folder ? files.filter(({ file }) => isImage(file)) : files;
@@ -74,7 +90,9 @@ async function batch(files, ignored) {
   if (!cutter) { status('The model is still loading: try again in a moment.', true); return; }
   batching = true;
   const controller = new AbortController();
-  const ui = { list: $('batch-list'), progress: $('batch-progress'), message: $('batch-message') };
+  const ui = { list: $('batch-list'), progress: $('batch-progress'), message: $('batch-message'), open: showResult };
+  // the before/after view belongs to one photo: cleared now, it shows a batch row once one is opened
+  showResult(null, null, null);
   ui.list.replaceChildren();
   ui.progress.value = 0;
   if (zipUrl) URL.revokeObjectURL(zipUrl);
