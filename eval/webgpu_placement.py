@@ -114,8 +114,8 @@ def _check_here(graphs: Sequence[tuple[Path, dict]], timeout_s: float, backend: 
                     page.wait_for_function("window.ready === true")
                     answer = page.evaluate("([url, config, backend]) => placement(url, config, backend)",
                                            [f"/graph{i}.onnx", dict(config), backend])
-                except PlaywrightError as err:  # the page crashed (e.g. out of memory): this graph fails, not the check
-                    answer = {"ok": False, "message": f"the page crashed creating the session ({str(err).splitlines()[0]})"}
+                except PlaywrightError as err:  # the page crashed (e.g. out of memory) or timed out: this graph fails, not the check
+                    answer = {"ok": False, "message": f"no session: the page crashed or timed out ({str(err).splitlines()[0]})"}
                     browser.close()
                     browser = launch(p, WEBGPU_ARGS)
                 else:
