@@ -10,6 +10,8 @@ request routing from a made-up origin (no server, no network).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,7 +34,9 @@ WebAssembly.Memory.prototype = NativeMemory.prototype;
 const ort = await import('./ort/ort.webgpu.min.mjs');
 ort.env.wasm.numThreads = 1;
 ort.env.logLevel = 'error';
-window.placement = async (url, config, backend) => {
+window.placement = (url, config, backend, seconds) => Promise.race([create(url, config, backend),
+  new Promise((resolve) => setTimeout(() => resolve({ ok: false, message: `no session within ${seconds} s` }), seconds * 1000))]);
+const create = async (url, config, backend) => {
   const adapter = navigator.gpu && await navigator.gpu.requestAdapter();
   if (backend === 'webgpu' && !adapter) return { error: 'no WebGPU adapter (Chromium without --enable-unsafe-webgpu?)' };
   const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer());
@@ -75,11 +79,19 @@ def check_placement(graphs: Sequence[tuple[Path, dict]], timeout_s: float = 900,
     if reason:
         raise RuntimeError(f"the WebGPU placement check cannot run: {reason}")
     job = {"graphs": [[str(Path(g).resolve()), dict(c)] for g, c in graphs], "timeout_s": timeout_s, "backend": backend}
-    done = subprocess.run([sys.executable, "-m", "eval.webgpu_placement", "--job", json.dumps(job)], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout_s * max(1, len(graphs)) + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"the WebGPU placement check failed: {done.stderr.strip()[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    limit = timeout_s * max(1, len(graphs)) + 120
+    # its own process group: on a timeout the browser it started goes too (and with it the pipes it holds)
+    child = subprocess.Popen([sys.executable, "-m", "eval.webgpu_placement", "--job", json.dumps(job)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
+        raise RuntimeError(f"the WebGPU placement check did not finish within {limit:.0f} s") from None
+    if child.returncode != 0:
+        raise RuntimeError(f"the WebGPU placement check failed: {err.strip()[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _check_here(graphs: Sequence[tuple[Path, dict]], timeout_s: float, backend: str) -> list[dict]:
@@ -103,29 +115,27 @@ def _check_here(graphs: Sequence[tuple[Path, dict]], timeout_s: float, backend: 
 
     results = []
     with sync_playwright() as p:
-        browser = launch(p, WEBGPU_ARGS)
-        try:
-            for i, (_, config) in enumerate(graphs):
+        for i, (_, config) in enumerate(graphs):  # a browser per graph: its heap is the graph's, a crash is its own
+            browser = launch(p, WEBGPU_ARGS)
+            try:
                 page = browser.new_page()
                 page.set_default_timeout(timeout_s * 1000)
                 page.route(f"{ORIGIN}/**", handle)
+                page.goto(f"{ORIGIN}/")
+                page.wait_for_function("window.ready === true")
+                answer = page.evaluate("([url, config, backend, s]) => placement(url, config, backend, s)",
+                                       [f"/graph{i}.onnx", dict(config), backend, timeout_s])
+            except PlaywrightError as err:  # the page crashed (e.g. out of memory): this graph fails, not the check
+                answer = {"ok": False, "message": f"no session: the page crashed ({str(err).splitlines()[0]})"}
+            finally:
                 try:
-                    page.goto(f"{ORIGIN}/")
-                    page.wait_for_function("window.ready === true")
-                    answer = page.evaluate("([url, config, backend]) => placement(url, config, backend)",
-                                           [f"/graph{i}.onnx", dict(config), backend])
-                except PlaywrightError as err:  # the page crashed (e.g. out of memory) or timed out: this graph fails, not the check
-                    answer = {"ok": False, "message": f"no session: the page crashed or timed out ({str(err).splitlines()[0]})"}
                     browser.close()
-                    browser = launch(p, WEBGPU_ARGS)
-                else:
-                    page.close()
-                if "error" in answer:
-                    raise RuntimeError(f"the WebGPU placement check cannot run: {answer['error']}")
-                results.append({"all_on_webgpu": bool(answer["ok"]) and backend == "webgpu",
-                                "message": answer.get("message"), "wasm_heap_bytes": answer.get("heap")})
-        finally:
-            browser.close()
+                except PlaywrightError:
+                    pass
+            if "error" in answer:
+                raise RuntimeError(f"the WebGPU placement check cannot run: {answer['error']}")
+            results.append({"all_on_webgpu": bool(answer["ok"]) and backend == "webgpu",
+                            "message": answer.get("message"), "wasm_heap_bytes": answer.get("heap")})
     return results
 
 if __name__ == "__main__":
