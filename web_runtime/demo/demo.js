@@ -156,6 +156,7 @@ try {
       if (cutter) return; // the warm-up after loading runs quietly
       $('progress').value = p.total ? p.loaded / p.total : 0;
       status(p.phase === 'session' ? 'Preparing the model…' : p.phase === 'decode' ? 'Decoding weights…'
+        : p.phase === 'probe' ? 'Checking the GPU\'s result…'
         : `Downloading the model${p.fromCache ? ' (from cache)' : ''}: ${(p.loaded / 1048576).toFixed(1)} / ${(p.total / 1048576).toFixed(1)} MiB`);
     },
   });

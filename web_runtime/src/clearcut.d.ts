@@ -13,8 +13,9 @@ export interface Progress {
    * `decode`: decoding weights — a coded variant's weight container rebuilt into the model (loaded / total
    * coded weights), after its download; `warmup`: one run on a blank input so that the first real cut is as
    * fast as the next ones (after `createCutter` resolved, and only when no cut was asked yet); `stage`: a cut of
-   * a staged variant entering graph `stage` (`null` when the last one is done). */
-  phase: 'download' | 'decode' | 'session' | 'warmup' | 'stage';
+   * a staged variant entering graph `stage` (`null` when the last one is done); `probe`: on WebGPU, one run on the
+   * probe input whose expected alpha the bundle records, before `createCutter` resolves (a mismatch → WASM). */
+  phase: 'download' | 'decode' | 'session' | 'warmup' | 'stage' | 'probe';
   stage?: string | null;
   loaded: number;
   total: number;
