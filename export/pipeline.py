@@ -295,7 +295,7 @@ def parity_step(build: Build, variant: str, composition: Composition, probe: boo
 
 def placement_step(build: Build) -> Step:
     """Every WebGPU engine graph in Chromium's WebGPU engine with CPU fallback disabled: does each run every
-    node on the GPU (eval/webgpu_placement.py)? One browser for all of them."""
+    node on the GPU (eval/webgpu_placement.py; a fresh browser per graph, in a child process)?"""
     graphs = [g for engines in build.engine_graphs.values() for e, g in engines.items() if e == "webgpu"]
     paths = {g: build.path(g) for g in graphs}
 
