@@ -99,7 +99,8 @@ def _rows_open_their_results(page, names) -> None:
     assert bar["x"] + bar["width"] <= note["x"] + 0.5, (bar, note)
     name = row.locator(".name").text_content().split("/")[-1]
     row.click()
-    page.wait_for_function("['before', 'after'].every((id) => document.getElementById(id).complete "
+    # a function, not an expression: the demo's CSP has no 'unsafe-eval', and Playwright evals expressions it polls
+    page.wait_for_function("() => ['before', 'after'].every((id) => document.getElementById(id).complete "
                            "&& document.getElementById(id).naturalWidth > 0)")
     assert row.get_attribute("aria-current") == "true"
     assert page.get_attribute("#download", "download") == f"{name.rsplit('.', 1)[0]}.png" and page.is_visible("#download")

@@ -42,7 +42,7 @@ def _chromium(url: str, playwright_instance) -> dict:
     try:
         page = browser.new_page()
         page.goto(url)
-        page.wait_for_function("typeof window.matrixResult === 'string'", timeout=TIMEOUT_S * 1000)
+        page.wait_for_function("() => typeof window.matrixResult === 'string'", timeout=TIMEOUT_S * 1000)
         return json.loads(page.evaluate("window.matrixResult"))
     finally:
         browser.close()
